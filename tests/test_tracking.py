@@ -1,0 +1,110 @@
+"""MLflow tracking on a real SQLite store: params, metrics, artifacts, datasets and nesting read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components.tracking import (
+    PARENT_RUN_ENV,
+    dvc_digest,
+    end_pipeline_run,
+    resolve_tracking_uri,
+    stage_run,
+    start_pipeline_run,
+)
+from components.tracking.runs import REDACTED
+
+
+def _client(tracking_config) -> MlflowClient:
+    return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
+
+
+def test_default_store_is_sqlite_in_store_dir(tracking_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = resolve_tracking_uri(tracking_config)
+    assert uri == f"sqlite:///{Path(tracking_config.store_dir).resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert resolve_tracking_uri(tracking_config) == "http://mlflow.example:5000"
+
+
+def test_stage_run_logs_params_metrics_artifacts_and_inputs(tracking_config, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"a": 1}\n', encoding="utf-8")
+    section = {"ingest": {"splits": {"seed": 13}, "sources": [{"format": "jsonl"}], "api_key": "sk-secret"}}
+    with stage_run("ingest", tracking_config, params_section=section) as run:
+        run.log_metrics({"pass_rate_unique_ids": 1.0, "sessions": 82})
+        run.log_dict({"ok": True}, "quality/result.json")
+        run.log_input_dataset(data, name="train", context="source")
+        run_id = run.run_id
+
+    client = _client(tracking_config)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["ingest.splits.seed"] == "13"
+    assert json.loads(logged.data.params["ingest.sources"]) == [{"format": "jsonl"}]
+    assert logged.data.params["ingest.api_key"] == REDACTED
+    assert "sk-secret" not in json.dumps(logged.data.params)
+    assert logged.data.metrics == {"pass_rate_unique_ids": 1.0, "sessions": 82.0}
+    assert logged.data.tags["memforge.stage"] == "ingest"
+    assert logged.data.tags["mlflow.source.git.commit"]
+    artifact = client.download_artifacts(run_id, "quality/result.json", str(tmp_path / "dl"))
+    assert json.loads(Path(artifact).read_text(encoding="utf-8")) == {"ok": True}
+    inputs = logged.inputs.dataset_inputs
+    assert len(inputs) == 1
+    assert inputs[0].dataset.name == "train"
+    assert json.loads(inputs[0].dataset.source)["dvc_md5"] == dvc_digest(data)
+    assert inputs[0].tags[0].value == "source"
+
+
+def test_stage_nests_under_pipeline_run_from_environment(tracking_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = start_pipeline_run(tracking_config, "pipeline", {"stages": ["ingest"]})
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    with stage_run("ingest", tracking_config) as run:
+        child_id = run.run_id
+    end_pipeline_run(tracking_config, parent, "FINISHED", {"stages": ["ingest"]})
+    client = _client(tracking_config)
+    assert client.get_run(child_id).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert "pipeline_summary.json" in [a.path for a in client.list_artifacts(parent)]
+
+
+def test_failing_stage_marks_run_failed_with_reason(tracking_config) -> None:
+    with pytest.raises(ValueError, match="bad record"), stage_run("ingest", tracking_config) as run:
+        run_id = run.run_id
+        raise ValueError("bad record")
+    logged = _client(tracking_config).get_run(run_id)
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["memforge.error"] == "bad record"
+
+
+def test_dvc_digest_matches_dvc_for_files_and_prefers_lock(tmp_path: Path) -> None:
+    file = tmp_path / "x.txt"
+    file.write_bytes(b"hello\n")
+    assert dvc_digest(file) == "b1946ac92492d2347c6235b4d2611184"  # md5 of b"hello\n"
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"a")
+    assert dvc_digest(folder).endswith(".dir")
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  s:\n    outs:\n    - path: d\n      md5: abc123.dir\n", encoding="utf-8")
+    assert dvc_digest(folder, lock) == "abc123.dir"
+
+
+def test_git_commit_is_recorded_inside_a_repo(tracking_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import git_init
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git_init(repo)
+    (repo / "f").write_text("x", encoding="utf-8")
+    subprocess.run(["git", "add", "f"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    with stage_run("ingest", tracking_config) as run:
+        run_id = run.run_id
+    assert _client(tracking_config).get_run(run_id).data.tags["mlflow.source.git.commit"] == head
