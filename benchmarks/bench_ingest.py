@@ -72,7 +72,9 @@ def run_size(sessions: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="memforge-bench-") as tmp:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", str(sessions), "--workdir", tmp],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if proc.returncode != 0:
         raise SystemExit(f"worker for {sessions} sessions failed:\n{proc.stderr[-4000:]}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.config import DEFAULT_PARAMS_FILE, Params, load_params, parse_override
+from components.config import DEFAULT_PARAMS_FILE, load_params, parse_override
 from components.errors import MemforgeError
 
 STAGES: dict[str, str] = {
@@ -40,6 +40,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline flow (Prefect) over the DVC stages."""
+    import os
+
+    # The temporary server's telemetry heartbeat contends for its SQLite file; nothing leaves this machine.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import memforge_pipeline
 
     params = load_params(args.params)
@@ -122,10 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """memforge's own progress at INFO; third-party libraries (GX, MLflow, DVC) only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("memforge", "components", "flows"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

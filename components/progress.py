@@ -43,7 +43,13 @@ def progress(description: str, unit: str = "items", total: int | None = None) ->
     from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as RichProgress
 
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
     with RichProgress(*columns, transient=False) as bar:
         task = bar.add_task(f"{description} ({unit})", total=total)
         yield Progress(description, unit, bar, task)

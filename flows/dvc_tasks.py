@@ -55,8 +55,15 @@ def run_dvc_stage(stage: str, repo_dir: str = ".", env: Mapping[str, str] | None
     logger.info("running %s in %s", " ".join(command), repo_dir)
     tail: list[str] = []
     with subprocess.Popen(
-        command, cwd=repo_dir, env=stage_environment(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, encoding="utf-8", errors="replace", bufsize=1,
+        command,
+        cwd=repo_dir,
+        env=stage_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -109,7 +109,7 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
     file.write_text(render_params(Params()), encoding="utf-8")
     key, value = parse_override("ingest.splits.seed=99")
     assert load_params(file, {key: value}).ingest.splits.seed == 99
-    with pytest.raises(ConfigError, match="unknown key 'ingest.splits.sed'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'ingest\.splits\.sed'"):
         load_params(file, {"ingest.splits.sed": 1})
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_override("ingest.splits.seed")

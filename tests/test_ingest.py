@@ -76,10 +76,20 @@ def _conversation(cid: str, **overrides: object) -> dict:
         "conversation_id": cid,
         "speakers": ["ann", "assistant"],
         "sessions": [
-            {"session_id": "S1", "timestamp": "2023-01-01T10:00", "turns": [{"turn_id": "S1:1", "speaker": "ann", "text": "hi"}]},
-            {"session_id": "S2", "timestamp": "2023-01-02T10:00", "turns": [{"turn_id": "S2:1", "speaker": "ann", "text": "I moved to Rome."}]},
+            {
+                "session_id": "S1",
+                "timestamp": "2023-01-01T10:00",
+                "turns": [{"turn_id": "S1:1", "speaker": "ann", "text": "hi"}],
+            },
+            {
+                "session_id": "S2",
+                "timestamp": "2023-01-02T10:00",
+                "turns": [{"turn_id": "S2:1", "speaker": "ann", "text": "I moved to Rome."}],
+            },
         ],
-        "questions": [{"question_id": "q1", "question": "Where?", "answers": ["Rome"], "category": "single", "evidence": ["S2:1"]}],
+        "questions": [
+            {"question_id": "q1", "question": "Where?", "answers": ["Rome"], "category": "single", "evidence": ["S2:1"]}
+        ],
     }
     record.update(overrides)
     return record
@@ -105,7 +115,9 @@ def test_empty_session_stops_the_stage_naming_file_and_record(tmp_path: Path) ->
 def test_non_critical_failures_are_quarantined_with_reasons(tmp_path: Path) -> None:
     stranger = _conversation("c2")
     stranger["sessions"][0]["turns"][0]["speaker"] = "mallory"
-    source = _write_jsonl(tmp_path / "in.jsonl", [_conversation("c1"), stranger, _conversation("c3"), _conversation("c4")])
+    source = _write_jsonl(
+        tmp_path / "in.jsonl", [_conversation("c1"), stranger, _conversation("c3"), _conversation("c4")]
+    )
     cfg = _config(tmp_path, (SourceConfig("jsonl", str(source)),))
     result, _ = ingest_stage.ingest(cfg)
     assert result.conversations_quarantined == 1 and result.conversations_kept == 3

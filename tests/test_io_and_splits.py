@@ -25,7 +25,7 @@ def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     target = tmp_path / "data"
     target.mkdir()
     (target / "old.txt").write_text("old", encoding="utf-8")
-    with pytest.raises(ValueError), atomic_directory(target) as staging:
+    with pytest.raises(ValueError, match="fail midway"), atomic_directory(target) as staging:
         (staging / "new.txt").write_text("new", encoding="utf-8")
         raise ValueError("fail midway")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]

