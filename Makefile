@@ -52,7 +52,7 @@ format: install ## ruff format and autofix
 	ruff format . && ruff check --fix .
 
 ui: install ## MLflow UI on the repo's local store (http://127.0.0.1:5000)
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow)/mlflow.db --default-artifact-root $(abspath mlflow)/artifacts
+	mlflow ui --backend-store-uri sqlite:///$(abspath .mlflow)/mlflow.db --default-artifact-root $(abspath .mlflow)/artifacts
 
 prefect-server: install ## a persistent local Prefect server with its UI (http://127.0.0.1:4200)
 	prefect server start
@@ -67,4 +67,4 @@ bench: install ## run the benchmarks and record their results in benchmarks/resu
 	python benchmarks/bench_ingest.py
 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC cache)
-	rm -rf models data reports mlflow .prefect
+	rm -rf models data reports .mlflow .prefect

@@ -191,7 +191,7 @@ class TrackingConfig:
 
     experiment: str = _f("memforge", "MLflow experiment name.")
     store_dir: str = _f(
-        "mlflow",
+        ".mlflow",
         "Local store used when MLFLOW_TRACKING_URI is unset: <store_dir>/mlflow.db (SQLite, registry-capable) "
         "and <store_dir>/artifacts.",
     )

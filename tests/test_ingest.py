@@ -159,6 +159,8 @@ def test_stage_run_logs_quality_to_mlflow(tmp_path: Path, fixtures_dir: Path, tr
     assert run.data.metrics["pass_rate_unique_ids"] == 1.0
     assert run.data.params["ingest.splits.seed"] == "13"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "quality")}
-    assert "quality/ingest_validation.json" in artifacts
+    assert {"quality/ingest_validation.json", "quality/ingest_quality.png"} <= artifacts
+    plot_rows = json.loads((Path(cfg.report_path).parent / "ingest_pass_rates.json").read_text(encoding="utf-8"))
+    assert {row["expectation"] for row in plot_rows} == set(result.pass_rates)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == [f"jsonl:{fixtures_dir / 'conversations.jsonl'}"]
     assert all(f"memforge.output_md5.{s}" in run.data.tags for s in SPLIT_NAMES)

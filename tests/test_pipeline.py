@@ -44,7 +44,7 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
         ),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
-    (repo / ".gitignore").write_text("/mlflow/\n", encoding="utf-8")
+    (repo / ".gitignore").write_text("/.mlflow/\n", encoding="utf-8")
     git_init(repo)
     dvc = str(Path(sys.executable).parent / "dvc")
     _run([dvc, "init", "-q"], repo)
@@ -83,7 +83,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert _skipped(third.stdout, "prepare_model")
     assert "Running stage 'ingest'" in third.stdout
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     stages = sorted(r.data.tags["memforge.stage"] for r in runs)
     assert stages == ["ingest", "ingest", "prepare_model"]
@@ -100,7 +100,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest"]
     assert not any(s["skipped"] for s in summary["stages"])
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("memforge")
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["memforge.stage"] == "pipeline"
@@ -137,7 +137,7 @@ def test_prefect_flow_fails_clearly_and_marks_the_mlflow_run(
     assert state.is_failed()
     with pytest.raises(Exception, match="missing field"):
         state.result()
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     statuses = {r.data.tags["memforge.stage"]: r.info.status for r in runs}
     assert statuses == {"pipeline": "FAILED", "ingest": "FAILED"}

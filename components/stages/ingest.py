@@ -207,6 +207,25 @@ def _source_paths(cfg: IngestConfig) -> list[tuple[str, Path]]:
     return paths
 
 
+def pass_rate_rows(result: IngestResult) -> list[dict[str, float | str]]:
+    """Rows for the DVC bar plot of pass rates by expectation."""
+    return [{"expectation": name, "pass_rate": rate} for name, rate in result.pass_rates.items()]
+
+
+def quality_figure(result: IngestResult) -> Any:
+    """Pass rates by expectation beside conversations by split."""
+    from components.plots import horizontal_bars
+
+    return horizontal_bars(
+        {
+            "pass rate by expectation": result.pass_rates,
+            "conversations by split": {name: float(count) for name, count in result.split_counts.items()},
+        },
+        title=f"ingest: {result.conversations_kept} kept, {result.conversations_quarantined} quarantined",
+        xlim=(0.0, 1.05),
+    )
+
+
 def run(params: Params) -> IngestResult:
     """The DVC stage entry: ingest under an MLflow run, then write the reports."""
     from components.tracking import stage_run
@@ -214,6 +233,7 @@ def run(params: Params) -> IngestResult:
     cfg = params.ingest
     report_dir = Path(cfg.report_path).parent
     validation_path = report_dir / "ingest_validation.json"
+    plot_path = report_dir / "ingest_pass_rates.json"
     with stage_run("ingest", params.tracking, params_section={"ingest": to_dict(cfg)}) as tracked:
         for name, path in _source_paths(cfg):
             tracked.log_input_dataset(path, name=name, context="source")
@@ -224,7 +244,13 @@ def run(params: Params) -> IngestResult:
             raise
         write_json_atomic(cfg.report_path, result.metrics())
         write_json_atomic(validation_path, validation)
+        write_json_atomic(plot_path, pass_rate_rows(result))
         tracked.log_metrics(result.metrics())
+        from components.plots import close
+
+        figure = quality_figure(result)
+        tracked.log_figure(figure, "quality/ingest_quality.png")
+        close(figure)
         tracked.log_dict(validation, "quality/ingest_validation.json")
         tracked.log_artifact(cfg.report_path, "quality")
         tracked.log_artifact(Path(cfg.output_dir) / "splits.json", "dialogues")

@@ -1,0 +1,41 @@
+"""Figures logged to MLflow (the same data is written as JSON for `dvc plots`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def horizontal_bars(
+    panels: Mapping[str, Mapping[str, float]], title: str, xlim: tuple[float, float] | None = None
+) -> Any:
+    """One horizontal bar chart per panel (``{panel title: {label: value}}``), side by side."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.4 * max(map(len, panels.values())) + 1.5))
+    axes = axes if len(panels) > 1 else [axes]
+    for axis, (panel_title, values) in zip(axes, panels.items(), strict=True):
+        labels = list(values)
+        axis.barh(labels, [values[label] for label in labels], color="#4c72b0")
+        axis.invert_yaxis()
+        axis.set_title(panel_title)
+        for index, label in enumerate(labels):
+            value = values[label]
+            axis.annotate(f"{value:.3g}", (value, index), xytext=(3, 0), textcoords="offset points", va="center")
+    if xlim is not None:
+        axes[0].set_xlim(*xlim)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def close(figure: Any) -> None:
+    _pyplot().close(figure)
