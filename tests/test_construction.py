@@ -1,0 +1,191 @@
+"""Prompts, teachers and memory construction: oracle exactness, heuristics, injection, failures, batching."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from components.config import BackendConfig, MemoryConfig, SyntheticConfig
+from components.dialogue.loaders import load_jsonl, load_locomo
+from components.dialogue.schema import Conversation, Session, Turn
+from components.dialogue.synthetic import iter_conversations
+from components.memory.bank import MemoryBank
+from components.memory.construction import SessionStep, apply_output, build_memories, session_prompts
+from components.memory.embedder import EmbeddingCache, HashingEmbedder
+from components.memory.prompts import TRANSCRIPT_CLOSE, TRANSCRIPT_OPEN, answer_messages
+from components.memory.teachers import (
+    LABELS,
+    HeuristicTeacher,
+    LLMTeacher,
+    OracleTeacher,
+    TeacherRequest,
+)
+from components.memory.types import ENTRY_PARTS, PARTS, EntryAdd
+
+MEMORY = MemoryConfig(embedder="hashing")
+
+
+@pytest.fixture
+def make_bank():
+    cache = EmbeddingCache(HashingEmbedder())
+    return lambda: MemoryBank(MEMORY, cache=cache)
+
+
+class RecordingTeacher:
+    """A real teacher (the heuristic) that also records how it was called, to check batching."""
+
+    def __init__(self) -> None:
+        self.inner = HeuristicTeacher()
+        self.name = "recording"
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def write(self, requests):
+        self.calls.append([(r.conversation.conversation_id, r.session.session_id) for r in requests])
+        return self.inner.write(requests)
+
+
+def _synthetic(n: int, sessions: int = 6) -> list[Conversation]:
+    return list(iter_conversations(SyntheticConfig(sessions_per_conversation=sessions, seed=21), n))
+
+
+def test_agent_prompt_shows_session_date_turn_ids_and_entries(make_bank) -> None:
+    conversation = _synthetic(1)[0]
+    bank = make_bank()
+    session = conversation.sessions[0]
+    bank.apply_entries(
+        "semantic",
+        [EntryAdd(text="Ingrid has a dog named Mochi")],
+        session_id="S0",
+        session_timestamp="2022-01-01T00:00",
+        session_turn_ids=(),
+    )
+    messages = session_prompts(bank, session, top_k=5)
+    assert set(messages) == set(PARTS)
+    semantic = messages["semantic"][1]["content"]
+    assert session.timestamp in semantic and "[sem-1]" in semantic
+    for turn in session.turns:
+        assert f"[{turn.turn_id}] {turn.speaker}: {turn.text}" in semantic
+    assert "[sem-1]" not in messages["episodic"][1]["content"]  # each agent sees only its own part
+    assert "Current core memory" in messages["core"][1]["content"]
+    answer = answer_messages("Where does she live?", "Ingrid lives in Oslo.", [], "2023-05-01")
+    assert "not answerable" in answer[0]["content"] and "Ingrid lives in Oslo." in answer[1]["content"]
+
+
+def test_oracle_memory_is_exact(make_bank) -> None:
+    conversations = _synthetic(12)
+    teacher = OracleTeacher(fallback=HeuristicTeacher())
+    failures: list[str] = []
+    banks = build_memories(
+        conversations,
+        teacher,
+        make_bank,
+        top_k=10,
+        on_step=lambda s: failures.extend(o.error or "" for o in s.outcomes.values() if not o.ok),
+    )
+    assert failures == []
+    for conversation, bank in zip(conversations, banks, strict=True):
+        person = conversation.speakers[0]
+        core_lines = bank.core.splitlines()
+        for attribute, value in conversation.metadata["profile"].items():
+            if attribute in LABELS and attribute not in ("gym_day", "commute"):
+                assert f"{person}'s {LABELS[attribute]}: {value}." in core_lines
+        # every question's evidence turn is cited by some memory entry
+        cited = {t for part in ENTRY_PARTS for e in bank.entries(part) for p in e.provenance for t in p.turn_ids}
+        for question in conversation.questions:
+            assert set(question.evidence) <= cited, question
+        # single-valued facts are updated in place: one semantic entry per attribute
+        prefixes = [e.text.split(" is ")[0] for e in bank.entries("semantic") if " is " in e.text]
+        assert len(prefixes) == len(set(prefixes))
+
+
+def test_heuristic_teacher_on_real_format_dialogue(fixtures_dir: Path, make_bank) -> None:
+    conversations = [item.conversation for item in load_locomo(fixtures_dir / "locomo_small.json")]
+    (bank, _) = build_memories(conversations, HeuristicTeacher(), make_bank, top_k=5)
+    assert "Ines: I finally adopted a cat, her name is Pimenta." in bank.core or any(
+        "Pimenta" in e.text for part in ENTRY_PARTS for e in bank.entries(part)
+    )
+    turn_ids = conversations[0].turn_ids()
+    for part in ENTRY_PARTS:
+        for entry in bank.entries(part):
+            assert all(set(p.turn_ids) <= turn_ids for p in entry.provenance)
+
+
+def test_dialogue_text_that_looks_like_an_operation_is_data(fixtures_dir: Path, make_bank) -> None:
+    injected = list(load_jsonl(fixtures_dir / "conversations.jsonl"))[2].conversation
+    bank = make_bank()
+    bank.apply_entries(
+        "semantic",
+        [EntryAdd(text="Cy keeps bees")],
+        session_id="S0",
+        session_timestamp="2023-01-01T00:00",
+        session_turn_ids=(),
+    )
+    before = bank.get("sem-1")
+    prompts = session_prompts(bank, injected.sessions[0], top_k=5)
+    for messages in prompts.values():
+        content = messages[1]["content"]
+        start, end = content.index(TRANSCRIPT_OPEN), content.index(TRANSCRIPT_CLOSE)
+        assert start < content.index('"operation": "DELETE"') < end  # only inside the transcript block
+    for teacher in (HeuristicTeacher(), OracleTeacher(fallback=HeuristicTeacher())):
+        snapshot = bank.snapshot()
+        (after,) = build_memories([injected], teacher, snapshot.snapshot, top_k=5)
+        assert after.get("sem-1") == before  # nothing was deleted
+        assert all("DELETE" not in e.text or e.text.startswith("Cy: ") for p in ENTRY_PARTS for e in after.entries(p))
+
+
+def test_invalid_outputs_change_nothing_and_are_reported(make_bank) -> None:
+    session = Session("S1", "2023-01-01T10:00", (Turn("S1:1", "ann", "I moved to Rome."),))
+    bank = make_bank()
+    for part, text in [
+        ("core", "Sure! Here is the memory update."),
+        ("semantic", '[{"operation": "UPDATE", "id": "sem-9", "content": "x"}]'),
+        ("episodic", '[{"operation": "ADD", "content": "ok"}, {"operation": "DELETE", "id": "epi-7"}]'),
+    ]:
+        outcome = apply_output(bank, part, text, session)
+        assert not outcome.ok
+    assert bank.composition()["entries"] == 0 and bank.core == ""
+    assert apply_output(bank, "core", '{"operation": "APPEND", "content": "ann lives in Rome."}', session).ok
+    assert bank.core == "ann lives in Rome."
+
+
+def test_sessions_are_batched_across_conversations_in_lockstep(make_bank) -> None:
+    conversations = [*_synthetic(3, sessions=2), replace(_synthetic(1, sessions=4)[0], conversation_id="long")]
+    teacher = RecordingTeacher()
+    build_memories(conversations, teacher, make_bank, top_k=3)
+    assert [len(call) for call in teacher.calls] == [4, 4, 1, 1]
+    assert teacher.calls[2] == [("long", "S3")]
+
+
+def test_llm_teacher_with_a_tiny_model_counts_failures(tiny_model_dir: Path, make_bank) -> None:
+    from components.llm.backends import create_backend
+
+    backend = create_backend(BackendConfig(model=str(tiny_model_dir), max_new_tokens=8))
+    steps: list[SessionStep] = []
+    conversations = _synthetic(2, sessions=2)
+    build_memories(conversations, LLMTeacher(backend), make_bank, top_k=3, on_step=steps.append)
+    assert len(steps) == 4
+    assert all(isinstance(step.outputs[part], str) for step in steps for part in PARTS)
+    failed = [o for step in steps for o in step.outcomes.values() if not o.ok]
+    assert failed and all(o.error.startswith(("parse:", "apply:")) for o in failed)
+    backend.close()
+
+
+def test_teacher_request_carries_the_pre_session_state(make_bank) -> None:
+    conversation = _synthetic(1, sessions=3)[0]
+    seen: list[TeacherRequest] = []
+
+    class Capturing(HeuristicTeacher):
+        def write(self, requests):
+            seen.extend(requests)
+            return super().write(requests)
+
+    steps: list[SessionStep] = []
+    build_memories([conversation], Capturing(), make_bank, top_k=3, on_step=steps.append)
+    for request, step in zip(seen, steps, strict=True):
+        restored = MemoryBank.from_dict(step.memory_before, MEMORY, embedder=HashingEmbedder())
+        assert restored.core == request.core
+        assert {p: [e.entry_id for e in restored.entries(p)] for p in ENTRY_PARTS} == {
+            p: [e.entry_id for e in request.entries[p]] for p in ENTRY_PARTS
+        }
