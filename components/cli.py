@@ -102,9 +102,7 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from components.dialogue.loaders import load_jsonl
-    from components.memory.bank import MemoryBank
-    from components.memory.construction import SessionStep, build_memories
-    from components.memory.embedder import EmbeddingCache, create_embedder
+    from components.memory.construction import SessionStep, bank_factory, build_memories
     from components.memory.render import render_memory
     from components.stages.expert import make_teacher
 
@@ -119,20 +117,15 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     if not chosen:
         raise MemforgeError(f"{args.dialogues}: no conversation with id {args.conversation!r}")
     conversation = chosen[0]
-    cache = EmbeddingCache(create_embedder(params.memory))
+    teacher = make_teacher(params)
 
     def report(step: SessionStep) -> None:
         failed = {part: outcome.error for part, outcome in step.outcomes.items() if not outcome.ok}
         status = "ok" if not failed else "; ".join(f"{part} {error}" for part, error in failed.items())
         print(f"session {step.session.session_id} ({step.session.timestamp}): {status}", file=sys.stderr)
 
-    (bank,) = build_memories(
-        [conversation],
-        make_teacher(params),
-        lambda: MemoryBank(params.memory, cache=cache),
-        params.memory.top_k,
-        on_step=report,
-    )
+    make_bank = bank_factory(params, getattr(teacher, "backend", None))
+    (bank,) = build_memories([conversation], teacher, make_bank, params.memory.top_k, on_step=report)
     print(render_memory(bank))
     out = args.out or Path(f"memory-{conversation.conversation_id}.json")
     bank.save(out)

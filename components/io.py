@@ -124,3 +124,14 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
 def dumps_jsonl_record(obj: Any) -> str:
     """One compact JSON Lines record, newline included."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (md5 is what DVC records; sha256 for model sources)."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

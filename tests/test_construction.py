@@ -189,3 +189,24 @@ def test_teacher_request_carries_the_pre_session_state(make_bank) -> None:
         assert {p: [e.entry_id for e in restored.entries(p)] for p in ENTRY_PARTS} == {
             p: [e.entry_id for e in request.entries[p]] for p in ENTRY_PARTS
         }
+
+
+def test_llm_compression_falls_back_to_whole_sentences(tiny_model_dir: Path) -> None:
+    from components.config import Params
+    from components.llm.backends import create_backend
+    from components.memory.construction import bank_factory
+    from components.memory.types import CoreAppend
+
+    params = Params(
+        memory=MemoryConfig(embedder="hashing", core_max_chars=200, core_compress_to_chars=120, compression="llm")
+    )
+    backend = create_backend(BackendConfig(model=str(tiny_model_dir), max_new_tokens=4))
+    bank = bank_factory(params, backend)()
+    sentences = [f"Fact number {i} about the user is recorded here." for i in range(8)]
+    for sentence in sentences:
+        bank.apply_core(CoreAppend(text=sentence), session_id="S1", turn_ids_all=())
+    assert 0 < len(bank.core) < 200
+    kept = [line for line in bank.core.splitlines() if line]
+    assert kept and all(line in sentences for line in kept)  # whole sentences only
+    assert kept[-1] == sentences[-1]  # the newest fact survives
+    backend.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import importlib.util
 import json
 import logging
@@ -254,7 +253,7 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
     sibling of ``output_dir``, reloaded from there and smoke-tested with a one-token chat generation; only then
     does the folder replace ``output_dir``. Any failure leaves ``output_dir`` as it was and no temp folder behind.
     """
-    from components.io import atomic_directory, write_json_atomic
+    from components.io import atomic_directory, file_digest, write_json_atomic
 
     started = time.perf_counter()
     out = Path(output_dir)
@@ -262,7 +261,7 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
     logger.info("prepare_model: loading %s", source.description)
     model, tokenizer = load_source(source, cfg.dtype)
     chat_template_added, pad_token_added = normalise_tokenizer(model, tokenizer)
-    sha256 = _sha256(source.file) if source.file is not None else None
+    sha256 = file_digest(source.file, "sha256") if source.file is not None else None
     facts = _model_facts(model, tokenizer)
     with atomic_directory(out) as staging:
         _save(model, tokenizer, staging)
@@ -474,14 +473,6 @@ def chat_smoke_test(model: Any, tokenizer: Any, max_new_tokens: int = 1) -> str:
     if new_tokens.numel() < 1:
         raise ModelLoadError("chat generation produced no token")
     return tokenizer.decode(new_tokens, skip_special_tokens=False)
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _apply_umask(folder: Path) -> None:

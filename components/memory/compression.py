@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +153,30 @@ class CheckedCompressor:
 def checked_compressor(fn: Callable[[str, int], str], fallback: CoreCompressor | None = None) -> CheckedCompressor:
     """``fn`` (e.g. an LLM summariser) checked against the target, with extractive compression as fallback."""
     return CheckedCompressor(fn, fallback)
+
+
+def llm_compressor(backend: Any, max_new_tokens: int = 1024) -> CheckedCompressor:
+    """A core-block compressor that asks a generation backend to condense the profile.
+
+    Wrapped in ``CheckedCompressor``: a result that is empty or still too long falls back to the
+    extractive compressor, so compression never loses the block or cuts it mid-sentence.
+    """
+
+    def summarise(text: str, target_chars: int) -> str:
+        messages = [
+            {
+                "role": "system",
+                "content": (
+                    "You condense a user profile. Keep every current fact (identity, home, work, relationships, "
+                    "preferences, goals), drop repetitions and facts that were later replaced, and write complete "
+                    f"sentences. Reply with the condensed profile only, under {target_chars} characters."
+                ),
+            },
+            {"role": "user", "content": text},
+        ]
+        from components.llm.backends import SamplingParams
+
+        (choices,) = backend.generate([messages], SamplingParams(max_new_tokens=max_new_tokens))
+        return choices[0].text.strip()
+
+    return checked_compressor(summarise)

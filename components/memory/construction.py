@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.config import Params
 from components.dialogue.schema import Conversation, Session
 from components.memory.bank import MemoryBank, MemoryOperationError
 from components.memory.parser import try_parse
@@ -47,6 +48,24 @@ class SessionStep:
     outputs: dict[MemoryPart, str]
     outcomes: dict[MemoryPart, AgentOutcome] = field(default_factory=dict)
     composition: dict[str, int] = field(default_factory=dict)
+
+
+def bank_factory(params: Params, teacher_backend: Any | None = None) -> Callable[[], MemoryBank]:
+    """New empty banks configured from ``params.memory``, sharing one embedding cache.
+
+    With ``memory.compression: llm`` the core block is condensed by ``teacher_backend`` (created from
+    ``backends.teacher`` when not given), checked and with extractive compression as the fallback.
+    """
+    from components.memory.embedder import EmbeddingCache, create_embedder
+
+    cache = EmbeddingCache(create_embedder(params.memory))
+    compressor = None
+    if params.memory.compression == "llm":
+        from components.llm.backends import create_backend
+        from components.memory.compression import llm_compressor
+
+        compressor = llm_compressor(teacher_backend or create_backend(params.backends.teacher))
+    return lambda: MemoryBank(params.memory, cache=cache, compressor=compressor)
 
 
 def session_query(session: Session) -> str:

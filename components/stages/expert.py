@@ -18,7 +18,7 @@ from components.config import Params, to_dict
 from components.dialogue.loaders import load_jsonl
 from components.dialogue.schema import session_to_dict
 from components.io import atomic_directory, dumps_jsonl_record
-from components.memory.construction import SessionStep, build_memories
+from components.memory.construction import SessionStep, bank_factory, build_memories
 from components.memory.teachers import HeuristicTeacher, LLMTeacher, OracleTeacher, Teacher
 from components.memory.types import PARTS
 from components.progress import progress
@@ -90,12 +90,9 @@ def trajectory_record(step: SessionStep, split: str, teacher: str) -> dict[str, 
 
 def expert(params: Params) -> ExpertResult:
     """Build trajectories for the configured splits into ``expert.output_dir`` (atomically)."""
-    from components.memory.bank import MemoryBank
-    from components.memory.embedder import EmbeddingCache, create_embedder
-
     cfg = params.expert
     teacher = make_teacher(params)
-    cache = EmbeddingCache(create_embedder(params.memory))
+    make_bank = bank_factory(params, getattr(teacher, "backend", None))
     result = ExpertResult(teacher=teacher.name)
     dialogues = Path(params.ingest.output_dir)
     with atomic_directory(cfg.output_dir) as staging:
@@ -119,7 +116,7 @@ def expert(params: Params) -> ExpertResult:
                 banks = build_memories(
                     conversations,
                     teacher,
-                    lambda: MemoryBank(params.memory, cache=cache),
+                    make_bank,
                     params.memory.top_k,
                     on_step=on_step,
                     on_round=bar.advance,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import TrackingConfig
+from components.io import file_digest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -103,14 +104,6 @@ def flatten_params(section: Mapping[str, Any], prefix: str = "") -> dict[str, st
     return flat
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _lock_digest(path: Path, lock_file: Path) -> str | None:
     """The md5 DVC recorded for ``path`` in ``dvc.lock`` (as an out or a dep), if any."""
     if not lock_file.is_file():
@@ -143,10 +136,10 @@ def dvc_digest(path: str | Path, lock_file: str | Path = "dvc.lock") -> str:
     if recorded:
         return recorded
     if target.is_file():
-        return _md5_file(target)
+        return file_digest(target)
     if target.is_dir():
         entries = [
-            {"md5": _md5_file(p), "relpath": p.relative_to(target).as_posix()}
+            {"md5": file_digest(p), "relpath": p.relative_to(target).as_posix()}
             for p in sorted(target.rglob("*"))
             if p.is_file()
         ]
