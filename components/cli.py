@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "prepare_model": "components.stages.prepare_model",
     "ingest": "components.stages.ingest",
     "expert": "components.stages.expert",
+    "synth_qa": "components.stages.synth_qa",
 }
 
 

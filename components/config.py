@@ -206,6 +206,49 @@ class ExpertConfig:
 
 
 @dataclass(frozen=True)
+class TypeMixConfig:
+    """Target share of each question type (MemBuilder: 50/30/20)."""
+
+    single_session: float = _f(0.5, "Questions answerable from this session alone.")
+    multi_session: float = _f(0.3, "Questions that need this session and earlier ones.")
+    temporal: float = _f(0.2, "Questions about dates and order of events.")
+
+
+@dataclass(frozen=True)
+class SynthQAConfig:
+    """synth_qa: N questions per training session, generated and gated by a great-expectations suite."""
+
+    generator: Literal["oracle", "extractive", "llm"] = _f(
+        "oracle",
+        "oracle = exact questions from the synthetic generator's ground truth (others fall back to extractive); "
+        "extractive = offline, deterministic, answers are spans of the session; llm = backends.teacher.",
+    )
+    questions_per_session: int = _f(5, "Questions generated per session (N).")
+    type_mix: TypeMixConfig = _nested(TypeMixConfig, "Target question-type mix.")
+    mix_tolerance: float = _f(0.15, "Allowed absolute deviation of each type's share from the target.")
+    max_answer_words: int = _f(12, "Longest allowed answer, in words.")
+    support_similarity: float = _f(
+        0.6, "Embedding similarity (answer vs evidence) that counts as support when the answer is not contained."
+    )
+    duplicate_similarity: float = _f(0.92, "Questions of one session at least this similar count as near-duplicates.")
+    min_usable_fraction: float = _f(0.6, "Fail the stage when fewer usable rows than this fraction remain.")
+    max_uncovered_fraction: float = _f(
+        0.05,
+        "Sessions without a usable question (nothing askable in them) are reported by session_coverage; more than "
+        "this fraction of them stops the stage.",
+    )
+    llm_max_attempts: int = _f(3, "Attempts per session for the llm generator before its output is dropped.")
+    splits: tuple[str, ...] = _f(
+        ("sft", "rl", "eval"),
+        "Dialogue splits to generate questions for. eval questions measure held-out session QA; no training "
+        "prompt is joined to them.",
+    )
+    seed: int = _f(17, "Seed for sampling facts, spans and question templates.")
+    output_dir: str = _f("data/qa", "Where QA JSON Lines, the HF dataset, quarantine and the dataset card go.")
+    report_path: str = _f("reports/synth_qa.json", "QA quality metrics (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     """sft: supervised warm-up on expert trajectories (used from the ADRPO issue on)."""
 
@@ -272,7 +315,9 @@ class TrackingConfig:
 class PipelineConfig:
     """The Prefect pipeline flow that runs the DVC stages."""
 
-    stages: tuple[str, ...] = _f(("prepare_model", "ingest", "expert"), "DVC stages the pipeline runs, in order.")
+    stages: tuple[str, ...] = _f(
+        ("prepare_model", "ingest", "expert", "synth_qa"), "DVC stages the pipeline runs, in order."
+    )
     retries: int = _f(1, "Retries per stage task.")
     retry_delay_seconds: float = _f(5.0, "Delay between retries.")
 
@@ -286,6 +331,7 @@ class Params:
     memory: MemoryConfig = _nested(MemoryConfig, "The four-part memory bank.")
     backends: BackendsConfig = _nested(BackendsConfig, "Generation backends: teacher, answerer, judge.")
     expert: ExpertConfig = _nested(ExpertConfig, "Expert trajectories (expert).")
+    synth_qa: SynthQAConfig = _nested(SynthQAConfig, "Session-level synthetic QA (synth_qa).")
     sft: SFTConfig = _nested(SFTConfig, "Supervised warm-up (sft).")
     adrpo: ADRPOConfig = _nested(ADRPOConfig, "ADRPO training (adrpo).")
     memagent: MemAgentConfig = _nested(MemAgentConfig, "MemAgent reader, training and evaluation.")
@@ -387,6 +433,10 @@ def _validate(instance: Any, where: str) -> None:
         raise ConfigError(f"{where}: need 0 < core_compress_to_chars < core_max_chars")
     if isinstance(instance, BackendConfig) and instance.kind == "openai" and not instance.base_url:
         raise ConfigError(f"{where}.base_url: required for kind 'openai'")
+    if isinstance(instance, TypeMixConfig):
+        parts = (instance.single_session, instance.multi_session, instance.temporal)
+        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+            raise ConfigError(f"{where}: the type shares must be non-negative and sum to 1, got {parts}")
     if isinstance(instance, PipelineConfig) and not instance.stages:
         raise ConfigError(f"{where}.stages: at least one stage is required")
 

@@ -19,6 +19,7 @@ from components.config import (
     Params,
     SourceConfig,
     SyntheticConfig,
+    SynthQAConfig,
     render_params,
 )
 from tests.conftest import REPO_ROOT, git_init
@@ -51,6 +52,8 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
             synthetic=SyntheticConfig(num_conversations=4, sessions_per_conversation=2),
         ),
         memory=MemoryConfig(embedder="hashing"),
+        # a corpus this small cannot hold the 50/30/20 mix; its eval split is the injection-only conversation
+        synth_qa=SynthQAConfig(mix_tolerance=0.5, max_uncovered_fraction=0.5, splits=("sft", "rl")),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
     (repo / ".gitignore").write_text("/.mlflow/\n", encoding="utf-8")
@@ -73,7 +76,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     dvc = str(Path(sys.executable).parent / "dvc")
     first = _run([dvc, "repro"], repo)
-    for stage in ("prepare_model", "ingest", "expert"):
+    for stage in ("prepare_model", "ingest", "expert", "synth_qa"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "models/base/config.json").is_file()
     assert (repo / "models/base/memforge_model.json").is_file()
@@ -84,9 +87,10 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     lock = (repo / "dvc.lock").read_text()
     assert "prepare_model:" in lock and "ingest:" in lock and "expert:" in lock
     assert json.loads((repo / "reports/expert.json").read_text())["sessions"] > 0
+    assert json.loads((repo / "reports/synth_qa.json").read_text())["rl_prompts"] > 0
 
     second = _run([dvc, "repro"], repo)
-    assert all(_skipped(second.stdout, s) for s in ("prepare_model", "ingest", "expert")), second.stdout
+    assert all(_skipped(second.stdout, s) for s in ("prepare_model", "ingest", "expert", "synth_qa")), second.stdout
 
     params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
     (repo / "params.yaml").write_text(params)
@@ -98,7 +102,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     stages = sorted(r.data.tags["memforge.stage"] for r in runs)
     # the new split changes the training conversations, so expert reruns too
-    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model"]
+    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model", "synth_qa", "synth_qa"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -109,7 +113,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
 
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     summary = memforge_pipeline(repo_dir=str(repo))
-    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert"]
+    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert", "synth_qa"]
     assert not any(s["skipped"] for s in summary["stages"])
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
@@ -119,7 +123,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["expert", "ingest", "prepare_model"]
+    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["expert", "ingest", "prepare_model", "synth_qa"]
 
     again = memforge_pipeline(repo_dir=str(repo))
     assert all(s["skipped"] for s in again["stages"])
@@ -130,6 +134,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
         "prepare_model": True,
         "ingest": False,
         "expert": False,
+        "synth_qa": False,
     }
     assert "seed: 5" in (repo / "params.yaml").read_text()
 

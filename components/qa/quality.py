@@ -1,0 +1,1190 @@
+"""The great-expectations suite that decides which synthetic QA rows may be used.
+
+Every row gets derived columns computed with Python and numpy (field type errors, stripped question,
+answer word count, leak flag, missing evidence count, exact support flag, answer-evidence similarity,
+duplicate flag and the highest similarity to an earlier question of the same session); the embeddings
+behind the similarities come from ONE ``Embedder.embed`` call per ``validate``. great-expectations 1.x
+expectations then decide pass and fail on those columns, and their unexpected index lists are mapped
+back to rows. Two small dataset-level tables (one row per question type, one row per requested
+session) are validated the same way.
+
+Policy:
+
+* a row that fails a row-level expectation (``ROW_EXPECTATIONS``) is *quarantined*, with its reasons;
+* a failed dataset-level expectation (``DATASET_EXPECTATIONS``: ``type_mix`` over the usable rows,
+  ``session_coverage``) is *critical*: the stage stops;
+* the stage also stops when ``usable / total < min_usable_fraction``; the message gives the fraction,
+  the threshold and the expectations that quarantined most rows.
+
+As in the dialogue suite, raw text enters a GX table only escaped (pandas 3 stores strings in Arrow,
+which cannot hold lone surrogates); the GX context, data source, assets and suites are built once per
+``QAValidator``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from components.config import SynthQAConfig
+from components.dialogue.quality import MAX_EXAMPLES, _clean, _safe, _show, _snake
+from components.dialogue.schema import Conversation, parse_timestamp
+from components.errors import ConfigError
+from components.qa.dates import date_stated, parse_day
+from components.qa.schema import QUESTION_TYPES, QARow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.memory.embedder import Embedder
+
+QA_EXPECTATION_NAMES: tuple[str, ...] = (
+    "required_fields",
+    "question_mark",
+    "answer_short",
+    "answer_not_leaked",
+    "evidence_exists",
+    "answer_supported",
+    "not_duplicate",
+    "type_mix",
+    "session_coverage",
+)
+#: Failing one of these quarantines the row.
+ROW_EXPECTATIONS: tuple[str, ...] = QA_EXPECTATION_NAMES[:7]
+#: Failing one of these stops the stage.
+DATASET_EXPECTATIONS: tuple[str, ...] = QA_EXPECTATION_NAMES[7:]
+#: Uncovered sessions / off-target types named in a critical message.
+MAX_NAMED = 10
+
+_RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "COMPLETE",
+    "return_unexpected_index_query": False,
+    "partial_unexpected_count": 0,
+}
+_TABLES = ("rows", "types", "sessions")
+_NON_WORD = re.compile(r"[\W_]+")
+_MISSING = object()
+_STRING_FIELDS = ("qa_id", "conversation_id", "session_id", "question", "generator")
+_TARGET_FIELD = {"single-session": "single_session", "multi-session": "multi_session", "temporal": "temporal"}
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, case-folded, every run of non-word characters one space, stripped: the text compared for
+    containment, leaks and exact duplicates."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def target_shares(cfg: SynthQAConfig) -> dict[str, float]:
+    """The target share of each question type."""
+    return {qtype: float(getattr(cfg.type_mix, attr)) for qtype, attr in _TARGET_FIELD.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# session contexts (shared per conversation: no text is copied per session)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConversationIndex:
+    """Lookups over one conversation, shared by the ``SessionContext`` of each of its sessions.
+
+    Holds references to the conversation's turn texts (not copies). When an id repeats, the first
+    occurrence wins (the dialogue suite quarantines such conversations before this stage).
+    """
+
+    conversation_id: str
+    session_ids: tuple[str, ...]
+    session_timestamps: tuple[str, ...]
+    session_days: tuple[str, ...]  # YYYY-MM-DD of each session ("" when the timestamp does not parse)
+    session_position: dict[str, int]
+    turn_text: dict[str, str]
+    turn_session: dict[str, int]  # turn id -> position of its session
+
+    @classmethod
+    def from_conversation(cls, conversation: Conversation) -> ConversationIndex:
+        session_position: dict[str, int] = {}
+        turn_text: dict[str, str] = {}
+        turn_session: dict[str, int] = {}
+        for position, session in enumerate(conversation.sessions):
+            session_position.setdefault(session.session_id, position)
+            for turn in session.turns:
+                if turn.turn_id not in turn_text:
+                    turn_text[turn.turn_id] = turn.text
+                    turn_session[turn.turn_id] = position
+        timestamps = tuple(session.timestamp for session in conversation.sessions)
+        return cls(
+            conversation_id=conversation.conversation_id,
+            session_ids=tuple(session.session_id for session in conversation.sessions),
+            session_timestamps=timestamps,
+            session_days=tuple(_day(ts) for ts in timestamps),
+            session_position=session_position,
+            turn_text=turn_text,
+            turn_session=turn_session,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What one session's questions may cite: turns and dates of this session and the earlier ones."""
+
+    index: ConversationIndex
+    position: int
+
+    @property
+    def conversation_id(self) -> str:
+        return self.index.conversation_id
+
+    @property
+    def session_id(self) -> str:
+        return self.index.session_ids[self.position]
+
+    @property
+    def timestamp(self) -> str:
+        return self.index.session_timestamps[self.position]
+
+    def turn_session_position(self, turn_id: str) -> int | None:
+        """Position of the session holding ``turn_id`` when it is this session or an earlier one."""
+        position = self.index.turn_session.get(turn_id)
+        return position if position is not None and position <= self.position else None
+
+    def turn_text(self, turn_id: str) -> str | None:
+        """The text of an available turn; ``None`` for an unknown turn or one from a later session."""
+        return None if self.turn_session_position(turn_id) is None else self.index.turn_text[turn_id]
+
+    def session_position(self, session_id: str) -> int | None:
+        """Position of an available session (this one or earlier); ``None`` otherwise."""
+        position = self.index.session_position.get(session_id)
+        return position if position is not None and position <= self.position else None
+
+    def session_date(self, session_id: str) -> str | None:
+        """The ISO timestamp of an available session."""
+        position = self.session_position(session_id)
+        return None if position is None else self.index.session_timestamps[position]
+
+    def turn_ids(self) -> Iterator[str]:
+        """Ids of every available turn."""
+        return (tid for tid, position in self.index.turn_session.items() if position <= self.position)
+
+
+def build_session_contexts(conversations: Iterable[Conversation]) -> dict[tuple[str, str], SessionContext]:
+    """``(conversation_id, session_id) -> SessionContext`` for every session; one shared index per
+    conversation, so memory grows with the corpus, not with sessions x turns."""
+    contexts: dict[tuple[str, str], SessionContext] = {}
+    for conversation in conversations:
+        index = ConversationIndex.from_conversation(conversation)
+        for session_id, position in index.session_position.items():
+            contexts.setdefault((index.conversation_id, session_id), SessionContext(index, position))
+    return contexts
+
+
+def _day(timestamp: str) -> str:
+    parsed = parse_timestamp(timestamp)
+    return "" if parsed is None else parsed.date().isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# public results
+
+
+@dataclass
+class QAVerdict:
+    """The outcome for one row (``index`` = its position in the validated sequence)."""
+
+    qa_id: str
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    index: int = -1
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def failed_expectations(self) -> list[str]:
+        names = {name for name, _ in self.failures}
+        return [name for name in QA_EXPECTATION_NAMES if name in names]
+
+
+@dataclass
+class QAQualityReport:
+    """Verdicts, pass rates and counts of one ``QAValidator.validate`` call.
+
+    ``critical`` holds a message for each reason the stage must stop (failed dataset-level expectations,
+    and a usable fraction below the validator's ``min_usable_fraction``); ``critical_expectations`` the
+    matching names (``min_usable_fraction`` for the latter). ``dataset_failures`` maps each failed
+    dataset-level expectation to its message.
+    """
+
+    verdicts: list[QAVerdict]
+    pass_rates: dict[str, float]
+    failed_counts: dict[str, int]
+    usable: int
+    total: int
+    type_counts: dict[str, int]
+    usable_type_counts: dict[str, int]
+    critical: list[str]
+    critical_expectations: list[str]
+    dataset_failures: dict[str, str]
+    validation_result: dict[str, Any]
+
+    def usable_fraction(self) -> float:
+        return self.usable / self.total if self.total else 0.0
+
+    def usable_rows(self, rows: Sequence[QARow]) -> list[QARow]:
+        """The rows that passed every row-level expectation (``rows`` = the sequence validated)."""
+        return [rows[v.index] for v in self.verdicts if v.passed]
+
+    def quarantined(self, rows: Sequence[QARow]) -> list[tuple[QARow, QAVerdict]]:
+        """The failing rows with their verdicts."""
+        return [(rows[v.index], v) for v in self.verdicts if not v.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metrics (no per-row verdicts)."""
+        return {
+            "rows": {"total": self.total, "usable": self.usable, "usable_fraction": self.usable_fraction()},
+            "pass_rates": dict(self.pass_rates),
+            "failed_counts": dict(self.failed_counts),
+            "type_counts": dict(self.type_counts),
+            "usable_type_counts": dict(self.usable_type_counts),
+            "critical": list(self.critical),
+            "validation_result": self.validation_result,
+        }
+
+
+def _usable_fraction_message(report: QAQualityReport, threshold: float) -> str | None:
+    fraction = report.usable_fraction()
+    if report.total and fraction >= threshold:
+        return None
+    if not report.total:
+        return f"min_usable_fraction: no QA rows to validate (usable fraction 0 < min_usable_fraction {threshold:g})"
+    ranked = sorted(
+        ((n, report.failed_counts.get(n, 0)) for n in ROW_EXPECTATIONS if report.failed_counts.get(n, 0)),
+        key=lambda item: -item[1],
+    )
+    top = ", ".join(f"{name} ({count} row(s), pass rate {report.pass_rates[name]:.3f})" for name, count in ranked[:3])
+    return (
+        f"min_usable_fraction: only {report.usable} of {report.total} rows are usable "
+        f"(usable fraction {fraction:.3f} < min_usable_fraction {threshold:g}); "
+        f"top failing expectations: {top or 'none'}"
+    )
+
+
+def quality_gate_message(report: QAQualityReport, cfg: SynthQAConfig) -> str | None:
+    """Why the stage must stop, or ``None`` when the usable rows may be used."""
+    lines = [report.dataset_failures[name] for name in DATASET_EXPECTATIONS if name in report.critical_expectations]
+    fraction = _usable_fraction_message(report, cfg.min_usable_fraction)
+    if fraction:
+        lines.append(fraction)
+    if not lines:
+        return None
+    names = [line.split(":", 1)[0] for line in lines]
+    header = f"synthetic QA failed critical quality check(s) {', '.join(names)}:"
+    return "\n".join([header, *(f"  - {line}" for line in lines)])
+
+
+# ---------------------------------------------------------------------------------------------
+# per-row features
+
+
+@dataclass
+class _Features:
+    """Rows plus the derived values the GX tables are built from (index = row position)."""
+
+    rows: Sequence[Any]
+    contexts: list[SessionContext | None]
+    field_problems: dict[int, list[str]]
+    qa_ids: list[str]
+    qtype: list[str | None]
+    question: list[str | None]  # stripped, when a non-empty string
+    word_count: np.ndarray  # float: NaN when the answer is not a string
+    leaked: list[bool | None]
+    evidence_missing: np.ndarray  # float: NaN when not applicable
+    answer_exact: np.ndarray  # bool: contained in an evidence turn, or an evidence session's date
+    similarity: np.ndarray  # float: NaN when not computed (exact support, no evidence, bad answer)
+    same_as_earlier: list[bool | None]
+    max_prior_similarity: np.ndarray  # float: NaN for the first question of a session and exact repeats
+    prior_row: np.ndarray  # int: the earlier row most similar (or identical), -1 when none
+    id_counts: Counter[str] = field(default_factory=Counter)  # qa_id -> rows carrying it
+
+
+def _field_problems(row: Any) -> list[tuple[str, str]]:
+    """``(field, problem)`` for each missing, null or mistyped field of one row (empty when well-formed)."""
+    problems: list[tuple[str, str]] = []
+    get = row.get if isinstance(row, dict) else lambda name, default: getattr(row, name, default)
+    for name in (*_STRING_FIELDS, "answer", "type", "session_date"):
+        value = get(name, _MISSING)
+        if value is _MISSING or value is None:
+            problems.append((name, f"{name} is missing"))
+        elif not isinstance(value, str):
+            problems.append((name, f"{name} must be a string, got {type(value).__name__}"))
+        elif name in _STRING_FIELDS and not value.strip():
+            problems.append((name, f"{name} is empty"))
+        elif name == "session_date" and parse_timestamp(value) is None:
+            problems.append((name, f"session_date {_show(value)} is not an ISO 8601 timestamp"))
+    index = get("session_index", _MISSING)
+    if index is _MISSING or index is None:
+        problems.append(("session_index", "session_index is missing"))
+    elif isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        problems.append(("session_index", f"session_index must be a non-negative integer, got {_show(repr(index))}"))
+    for name in ("evidence", "evidence_sessions"):
+        value = get(name, _MISSING)
+        if value is _MISSING or value is None:
+            problems.append((name, f"{name} is missing"))
+        elif not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+            problems.append((name, f"{name} must be a list of non-empty strings"))
+        elif name == "evidence" and not value:
+            problems.append((name, "evidence is empty"))
+    return problems
+
+
+def _field(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+
+
+def _compute_features(
+    rows: Sequence[Any],
+    sessions: Mapping[tuple[str, str], SessionContext],
+    embedder: Embedder,
+) -> _Features:
+    n = len(rows)
+    field_problems: dict[int, list[str]] = {}  # row -> problems (rows with none are left out)
+    contexts: list[SessionContext | None] = [None] * n
+    qa_ids: list[str] = []
+    qtype: list[str | None] = [None] * n
+    question: list[str | None] = [None] * n
+    word_count = np.full(n, np.nan)
+    leaked: list[bool | None] = [None] * n
+    evidence_missing = np.full(n, np.nan)
+    answer_exact = np.zeros(n, dtype=bool)
+    similarity = np.full(n, np.nan)
+
+    texts: dict[str, int] = {}  # text -> slot of the single embed call
+    question_slot = np.full(n, -1, dtype=np.int64)
+    pairs: list[tuple[int, int, int]] = []  # (row, answer slot, evidence slot)
+    norm_turns: dict[tuple[int, str], str] = {}  # (id(index), turn id) -> " normalised text "
+    groups: dict[tuple[str, str], list[int]] = {}
+
+    def slot(text: str) -> int:
+        found = texts.get(text)
+        if found is None:
+            found = texts[text] = len(texts)
+        return found
+
+    for i, row in enumerate(rows):
+        problems = _field_problems(row)
+        if problems:
+            field_problems[i] = [problem for _, problem in problems]
+        bad = {name for name, _ in problems}
+        qa_id = _field(row, "qa_id")
+        qa_ids.append(qa_id if isinstance(qa_id, str) else f"<row {i}>")
+        if "type" not in bad:
+            qtype[i] = _field(row, "type")
+        if "question" not in bad:
+            question[i] = _field(row, "question").strip()
+        answer = None if "answer" in bad else _field(row, "answer")
+        if answer is not None:
+            word_count[i] = len(answer.split())
+        norm_answer = normalise_text(answer) if answer else ""
+        if question[i] is not None and answer is not None:
+            leaked[i] = bool(norm_answer) and f" {norm_answer} " in f" {normalise_text(question[i])} "
+        ids_ok = "conversation_id" not in bad and "session_id" not in bad
+        if ids_ok:
+            key = (_field(row, "conversation_id"), _field(row, "session_id"))
+            contexts[i] = ctx = sessions.get(key)
+            if question[i] is not None:
+                groups.setdefault(key, []).append(i)
+                question_slot[i] = slot(question[i])
+        else:
+            ctx = None
+        if not ids_ok or "evidence" in bad or "evidence_sessions" in bad:
+            continue
+        evidence = _field(row, "evidence")
+        if ctx is None:
+            evidence_missing[i] = len(evidence) + len(_field(row, "evidence_sessions"))
+            continue
+        index = ctx.index
+        found_turns: list[str] = []
+        positions: set[int] = set()
+        missing = 0
+        for turn_id in evidence:
+            position = ctx.turn_session_position(turn_id)
+            if position is None:
+                missing += 1
+            else:
+                found_turns.append(turn_id)
+                positions.add(position)
+        for session_id in _field(row, "evidence_sessions"):
+            position = ctx.session_position(session_id)
+            if position is None:
+                missing += 1
+            else:
+                positions.add(position)
+        evidence_missing[i] = missing
+        if not found_turns or not norm_answer:
+            continue
+        padded = f" {norm_answer} "
+        for turn_id in found_turns:
+            norm = norm_turns.get((id(index), turn_id))
+            if norm is None:
+                norm = norm_turns[(id(index), turn_id)] = f" {normalise_text(index.turn_text[turn_id])} "
+            if padded in norm:
+                answer_exact[i] = True
+                break
+        if not answer_exact[i] and positions:
+            day = answer.strip().rstrip(".")
+            answer_exact[i] = any(index.session_days[p] == day for p in positions if index.session_days[p])
+        if not answer_exact[i] and parse_day(answer) is not None:  # "on March 1" / "yesterday" -> 2023-03-01
+            answer_exact[i] = any(
+                date_stated(answer, index.turn_text[t], index.session_days[index.turn_session[t]]) for t in found_turns
+            )
+        if not answer_exact[i]:
+            evidence_text = "\n".join(index.turn_text[t] for t in found_turns)
+            pairs.append((i, slot(answer), slot(evidence_text)))
+
+    vectors = _embed_once(embedder, list(texts)) if texts else np.zeros((0, 1), dtype=np.float32)
+    if pairs:
+        rows_idx, a_slots, e_slots = (np.asarray(col, dtype=np.int64) for col in zip(*pairs, strict=True))
+        similarity[rows_idx] = np.einsum("ij,ij->i", vectors[a_slots], vectors[e_slots]).astype(np.float64)
+
+    same_as_earlier, max_prior, prior_row = _duplicates(n, groups, question, question_slot, vectors)
+    return _Features(
+        rows=rows,
+        contexts=contexts,
+        field_problems=field_problems,
+        qa_ids=qa_ids,
+        qtype=qtype,
+        question=question,
+        word_count=word_count,
+        leaked=leaked,
+        evidence_missing=evidence_missing,
+        answer_exact=answer_exact,
+        similarity=similarity,
+        same_as_earlier=same_as_earlier,
+        max_prior_similarity=max_prior,
+        prior_row=prior_row,
+        id_counts=Counter(qa_ids),
+    )
+
+
+def _embed_once(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """One embed call for every text (escaped first if any holds a lone surrogate)."""
+    vectors = np.asarray(embedder.embed(_safe(texts)), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+        raise ValueError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
+    return vectors
+
+
+def _duplicates(
+    n: int,
+    groups: dict[tuple[str, str], list[int]],
+    question: list[str | None],
+    question_slot: np.ndarray,
+    vectors: np.ndarray,
+) -> tuple[list[bool | None], np.ndarray, np.ndarray]:
+    """Per row: same normalised text as an earlier question of its session; the highest cosine with an
+    earlier question of the session (NaN for the first, and for exact repeats); and which earlier row
+    that is (the first identical one for an exact repeat)."""
+    same: list[bool | None] = [None] * n
+    max_prior = np.full(n, np.nan)
+    prior_row = np.full(n, -1, dtype=np.int64)
+    by_size: dict[int, list[list[int]]] = {}
+    for members in groups.values():
+        seen: dict[str, int] = {}
+        for i in members:
+            norm = normalise_text(question[i])  # type: ignore[arg-type]
+            first = seen.setdefault(norm, i)
+            same[i] = first != i
+            if first != i:
+                prior_row[i] = first
+        if len(members) > 1:
+            by_size.setdefault(len(members), []).append(members)
+    for size, member_lists in by_size.items():
+        members_arr = np.asarray(member_lists, dtype=np.int64)  # (groups, size), rows in order
+        lower = np.tril(np.ones((size, size), dtype=bool), k=-1)  # j < i: earlier questions only
+        chunk = max(1, 4_000_000 // (size * max(size, vectors.shape[1])))
+        for start in range(0, len(members_arr), chunk):
+            block = members_arr[start : start + chunk]
+            emb = vectors[question_slot[block]]  # (g, size, d)
+            sims = np.einsum("gid,gjd->gij", emb, emb)
+            sims = np.where(lower, sims, -np.inf)
+            best = sims.argmax(axis=2)  # (g, size)
+            best_sim = np.take_along_axis(sims, best[..., None], axis=2)[..., 0]
+            rows_flat = block[:, 1:].ravel()
+            exact = np.asarray([same[r] for r in rows_flat], dtype=bool)
+            chosen = np.take_along_axis(block, best, axis=1)[:, 1:].ravel()
+            # an exact repeat is the same_text check's failure; its similarity is left out (NaN)
+            max_prior[rows_flat] = np.where(exact, np.nan, best_sim[:, 1:].ravel())
+            prior_row[rows_flat] = np.where(exact, prior_row[rows_flat], chosen)
+    return same, max_prior, prior_row
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks: one GX expectation each, with a describer that turns a failing row into a message
+
+_Describe = Callable[[int, Any], str]
+
+
+@dataclass(frozen=True)
+class _Check:
+    key: str  # unique; stored in the GX expectation's meta
+    name: str  # the memforge expectation it implements
+    table: str
+    gx_type: str
+    kwargs: dict[str, Any]
+    describe: _Describe
+    condition: tuple[str, Any] | None = None  # GX row_condition: column == value
+
+
+def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
+    most, support, dup = cfg.max_answer_words, cfg.support_similarity, cfg.duplicate_similarity
+
+    def fields(i: int, f: _Features) -> str:
+        return "; ".join(f.field_problems.get(i, ["malformed row"]))
+
+    def type_value(i: int, f: _Features) -> str:
+        return f"type {_show(str(f.qtype[i]))} is not one of {', '.join(QUESTION_TYPES)}"
+
+    def unique_id(i: int, f: _Features) -> str:
+        return f"qa_id {_show(f.qa_ids[i])} occurs {f.id_counts[f.qa_ids[i]]} times"
+
+    def question_mark(i: int, f: _Features) -> str:
+        return f"question {_show(str(f.question[i]))} does not end with '?'"
+
+    def answer_short(i: int, f: _Features) -> str:
+        count = int(f.word_count[i])
+        return "answer is empty" if count == 0 else f"answer has {count} words (at most {most} allowed)"
+
+    def leaked(i: int, f: _Features) -> str:
+        row = f.rows[i]
+        return f"answer {_show(_field(row, 'answer'))} appears in the question {_show(_field(row, 'question'))}"
+
+    def evidence(i: int, f: _Features) -> str:
+        row, ctx = f.rows[i], f.contexts[i]
+        where = f"conversation {_show(_field(row, 'conversation_id'))} session {_show(_field(row, 'session_id'))}"
+        if ctx is None:
+            return f"{where} is not in the dialogues, so none of its evidence exists"
+        problems = []
+        for turn_id in _field(row, "evidence"):
+            if ctx.turn_session_position(turn_id) is None:
+                later = turn_id in ctx.index.turn_session
+                problems.append(f"turn {_show(turn_id)} " + ("is from a later session" if later else "does not exist"))
+        for session_id in _field(row, "evidence_sessions"):
+            if ctx.session_position(session_id) is None:
+                later = session_id in ctx.index.session_position
+                problems.append(
+                    f"evidence session {_show(session_id)} " + ("is a later session" if later else "does not exist")
+                )
+        shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        return f"{where}: {shown}"
+
+    def supported(i: int, f: _Features) -> str:
+        row = f.rows[i]
+        cited = ", ".join(_show(t) for t in _field(row, "evidence")[:5])
+        return (
+            f"answer {_show(_field(row, 'answer'))} is not in evidence turn(s) {cited}, is not the date of an "
+            f"evidence session, and its similarity to them is {f.similarity[i]:.3f} < {support:g}"
+        )
+
+    def same_text(i: int, f: _Features) -> str:
+        return f"question repeats earlier question {_show(f.qa_ids[f.prior_row[i]])} of the same session"
+
+    def near_duplicate(i: int, f: _Features) -> str:
+        return (
+            f"question is a near-duplicate of earlier question {_show(f.qa_ids[f.prior_row[i]])} "
+            f"(cosine {f.max_prior_similarity[i]:.3f} >= {dup:g})"
+        )
+
+    between = "ExpectColumnValuesToBeBetween"
+    in_set = "ExpectColumnValuesToBeInSet"
+    return [
+        _Check(
+            "required_fields", "required_fields", "rows", between, {"column": "field_errors", "max_value": 0}, fields
+        ),
+        _Check(
+            "required_fields.type",
+            "required_fields",
+            "rows",
+            in_set,
+            {"column": "type", "value_set": list(QUESTION_TYPES)},
+            type_value,
+        ),
+        _Check(
+            "required_fields.qa_id",
+            "required_fields",
+            "rows",
+            "ExpectColumnValuesToBeUnique",
+            {"column": "qa_id"},
+            unique_id,
+        ),
+        _Check(
+            "question_mark",
+            "question_mark",
+            "rows",
+            "ExpectColumnValuesToMatchRegex",
+            {"column": "question", "regex": r"\?$"},
+            question_mark,
+        ),
+        _Check(
+            "answer_short",
+            "answer_short",
+            "rows",
+            between,
+            {"column": "word_count", "min_value": 1, "max_value": most},
+            answer_short,
+        ),
+        _Check(
+            "answer_not_leaked", "answer_not_leaked", "rows", in_set, {"column": "leaked", "value_set": [False]}, leaked
+        ),
+        _Check(
+            "evidence_exists",
+            "evidence_exists",
+            "rows",
+            between,
+            {"column": "evidence_missing", "max_value": 0},
+            evidence,
+        ),
+        _Check(
+            "answer_supported",
+            "answer_supported",
+            "rows",
+            between,
+            {"column": "similarity", "min_value": support},
+            supported,
+            condition=("answer_exact", False),
+        ),
+        _Check(
+            "not_duplicate.same_text",
+            "not_duplicate",
+            "rows",
+            in_set,
+            {"column": "same_as_earlier", "value_set": [False]},
+            same_text,
+        ),
+        _Check(
+            "not_duplicate.similar",
+            "not_duplicate",
+            "rows",
+            between,
+            {"column": "max_prior_similarity", "max_value": dup, "strict_max": True},
+            near_duplicate,
+        ),
+    ]
+
+
+def _dataset_checks(cfg: SynthQAConfig) -> list[_Check]:
+    def off_mix(i: int, t: Any) -> str:
+        return (
+            f"{t['type'][i]} share {t['share'][i]:.3f} vs target {t['target'][i]:.2f} "
+            f"({int(t['usable_rows'][i])} usable rows)"
+        )
+
+    def uncovered(i: int, t: Any) -> str:
+        return f"{_clean(t['conversation_id'][i])}/{_clean(t['session_id'][i])}: {t['reason'][i]}"
+
+    return [
+        _Check(
+            "type_mix",
+            "type_mix",
+            "types",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "share_deviation", "max_value": cfg.mix_tolerance},
+            off_mix,
+        ),
+        _Check(
+            "session_coverage",
+            "session_coverage",
+            "sessions",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "usable_rows", "min_value": 1},
+            uncovered,
+        ),
+    ]
+
+
+def _rows_frame(f: _Features) -> pd.DataFrame:
+    import pandas as pd
+
+    n = len(f.rows)
+    field_errors = np.zeros(n, dtype=np.int64)
+    for i, problems in f.field_problems.items():
+        field_errors[i] = len(problems)
+    return pd.DataFrame(
+        {
+            "qa_id": _escaped(f.qa_ids),
+            "type": _escaped(f.qtype),
+            "field_errors": field_errors,
+            "question": _escaped(f.question),
+            "word_count": f.word_count,
+            "leaked": pd.array(f.leaked, dtype="boolean"),
+            "evidence_missing": f.evidence_missing,
+            "answer_exact": f.answer_exact,
+            "similarity": f.similarity,
+            "same_as_earlier": pd.array(f.same_as_earlier, dtype="boolean"),
+            "max_prior_similarity": f.max_prior_similarity,
+        }
+    )
+
+
+def _escaped(values: list[str | None]) -> list[str | None]:
+    """Strings storable in Arrow (lone surrogates escaped); ``None`` kept."""
+    present = [v for v in values if v is not None]
+    if _safe(present) is present:
+        return values
+    return [None if v is None else _clean(v) for v in values]
+
+
+# ---------------------------------------------------------------------------------------------
+# the validator
+
+
+@dataclass
+class _CheckTotals:
+    element_count: int = 0
+    unexpected_count: int = 0
+    success: bool = True
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+class QAValidator:
+    """Validates synthetic QA rows against their dialogues with three great-expectations suites.
+
+    ``embedder`` is any ``Embedder`` (wrap it in an ``EmbeddingCache`` to reuse vectors across calls).
+    """
+
+    def __init__(self, cfg: SynthQAConfig, embedder: Embedder) -> None:
+        import great_expectations as gx
+        import great_expectations.expectations as gxe
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+        from great_expectations.expectations.row_conditions import Column
+
+        _check_config(cfg)
+        self.cfg = cfg
+        self.embedder = embedder
+        self._checks = _row_checks(cfg) + _dataset_checks(cfg)
+        self._check_by_key = {check.key: check for check in self._checks}
+        project = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        )
+        self._context = gx.get_context(mode="ephemeral", project_config=project)
+        source = self._context.data_sources.add_pandas("memforge_qa")
+        self._batch_definitions: dict[str, Any] = {}
+        self._suites: dict[str, Any] = {}
+        for table in _TABLES:
+            asset = source.add_dataframe_asset(table)
+            self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
+            suite = self._context.suites.add(gx.ExpectationSuite(name=f"memforge_qa_{table}"))
+            for check in self._checks:
+                if check.table != table:
+                    continue
+                extra: dict[str, Any] = {}
+                if check.condition is not None:
+                    column, value = check.condition
+                    extra["row_condition"] = Column(column) == value
+                meta = {"memforge_expectation": check.name, "memforge_check": check.key}
+                suite.add_expectation(getattr(gxe, check.gx_type)(**check.kwargs, **extra, meta=meta))
+            self._suites[table] = suite
+
+    # -- public -----------------------------------------------------------------------------
+
+    def validate(
+        self,
+        rows: Sequence[QARow],
+        sessions: Mapping[tuple[str, str], SessionContext],
+        requested: Iterable[tuple[str, str]] | None = None,
+    ) -> QAQualityReport:
+        """Validate ``rows`` against their sessions; ``requested`` = the sessions that need questions
+        (default: every key of ``sessions``)."""
+        features = _compute_features(rows, sessions, self.embedder)
+        totals = {check.key: _CheckTotals() for check in self._checks}
+        verdicts, failed_rows = self._row_level(features, totals)
+        usable_mask = np.fromiter((v.passed for v in verdicts), dtype=bool, count=len(verdicts))
+        total = len(rows)
+        usable = int(usable_mask.sum())
+
+        type_counts = Counter(_type_label(t, rows[i]) for i, t in enumerate(features.qtype))
+        usable_type_counts = Counter(features.qtype[i] for i in np.flatnonzero(usable_mask))
+        types = _type_table(usable_type_counts, usable, target_shares(self.cfg))
+        coverage = _coverage_table(rows, verdicts, sessions, requested)
+        dataset_failures, dataset_rates = self._dataset_level({"types": types, "sessions": coverage}, totals, usable)
+
+        pass_rates = {name: (1.0 - len(failed_rows[name]) / total if total else 1.0) for name in ROW_EXPECTATIONS}
+        pass_rates.update({name: dataset_rates.get(name, 1.0) for name in DATASET_EXPECTATIONS})
+        report = QAQualityReport(
+            verdicts=verdicts,
+            pass_rates=pass_rates,
+            failed_counts={name: len(failed_rows[name]) for name in ROW_EXPECTATIONS}
+            | {name: int(totals[name].unexpected_count) for name in DATASET_EXPECTATIONS},
+            usable=usable,
+            total=total,
+            type_counts=dict(type_counts),
+            usable_type_counts={t: usable_type_counts.get(t, 0) for t in QUESTION_TYPES},
+            critical=[],
+            critical_expectations=[],
+            dataset_failures=dataset_failures,
+            validation_result={},
+        )
+        fraction_message = _usable_fraction_message(report, self.cfg.min_usable_fraction)
+        covered_total = max(len(coverage.get("usable_rows", [])), 1)
+        uncovered = int(totals["session_coverage"].unexpected_count) / covered_total
+        for name in DATASET_EXPECTATIONS:
+            tolerated = name == "session_coverage" and uncovered <= self.cfg.max_uncovered_fraction
+            if name in dataset_failures and not tolerated:
+                report.critical.append(dataset_failures[name])
+                report.critical_expectations.append(name)
+        if fraction_message:
+            report.critical.append(fraction_message)
+            report.critical_expectations.append("min_usable_fraction")
+        report.validation_result = self._validation_result(report, totals, types, coverage)
+        return report
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _row_level(
+        self, features: _Features, totals: dict[str, _CheckTotals]
+    ) -> tuple[list[QAVerdict], dict[str, set[int]]]:
+        """Run the rows suite; one verdict per row and the failing rows of each row-level expectation."""
+        found: dict[int, list[tuple[int, str, str]]] = {}  # failing row -> (check rank, name, detail)
+        failed_rows: dict[str, set[int]] = {name: set() for name in ROW_EXPECTATIONS}
+        rank = {check.key: i for i, check in enumerate(self._checks)}
+        if features.rows:
+            for check, (bad, evaluated) in self._run("rows", _rows_frame(features)):
+                t = totals[check.key]
+                t.element_count, t.unexpected_count, t.success = evaluated, int(bad.size), bad.size == 0
+                failed_rows[check.name].update(bad.tolist())
+                for i in bad.tolist():
+                    detail = check.describe(i, features)
+                    found.setdefault(i, []).append((rank[check.key], check.name, detail))
+                    if len(t.examples) < MAX_EXAMPLES:
+                        t.examples.append({"qa_id": _clean(features.qa_ids[i]), "detail": _clean(detail)})
+        verdicts = [QAVerdict(qa_id, [], index=i) for i, qa_id in enumerate(features.qa_ids)]
+        for i, failures in found.items():
+            failures.sort(key=lambda item: item[0])
+            verdicts[i].failures = [(name, detail) for _, name, detail in failures]
+        return verdicts, failed_rows
+
+    def _dataset_level(
+        self, tables: dict[str, dict[str, list[Any]]], totals: dict[str, _CheckTotals], usable: int
+    ) -> tuple[dict[str, str], dict[str, float]]:
+        """Run the types and sessions suites; the critical message and the pass rate of each expectation."""
+        import pandas as pd
+
+        failures: dict[str, str] = {}
+        rates: dict[str, float] = {}
+        for table, columns in tables.items():
+            if not columns["usable_rows"]:  # nothing requested: nothing to cover
+                continue
+            frame = pd.DataFrame(
+                {k: (_escaped(v) if k in ("conversation_id", "session_id") else v) for k, v in columns.items()}
+            )
+            for check, (bad, evaluated) in self._run(table, frame):
+                t = totals[check.key]
+                t.element_count, t.unexpected_count, t.success = evaluated, int(bad.size), bad.size == 0
+                rates[check.name] = 1.0 - bad.size / evaluated if evaluated else 1.0
+                t.examples = [{"detail": _clean(check.describe(int(i), columns))} for i in bad[:MAX_EXAMPLES]]
+                if bad.size:
+                    failures[check.name] = self._dataset_message(check, bad, columns, usable)
+        return failures, rates
+
+    def _run(self, table: str, frame: pd.DataFrame) -> Iterator[tuple[_Check, tuple[np.ndarray, int]]]:
+        """Validate ``frame`` with the table's suite; yields (check, (failing row positions, rows evaluated))."""
+        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
+        validation = batch.validate(self._suites[table], result_format=_RESULT_FORMAT)
+        for expectation_result in validation.results:
+            check = self._check_by_key[expectation_result.expectation_config.meta["memforge_check"]]
+            yield check, (_unexpected_rows(check, expectation_result), _element_count(expectation_result, frame))
+
+    def _dataset_message(self, check: _Check, bad: np.ndarray, columns: dict[str, list[Any]], usable: int) -> str:
+        shown = "; ".join(check.describe(int(i), columns) for i in bad[:MAX_NAMED])
+        more = f"; ... and {bad.size - MAX_NAMED} more" if bad.size > MAX_NAMED else ""
+        if check.name == "type_mix":
+            return (
+                f"type_mix: over the {usable} usable rows, {bad.size} question type(s) are off the target mix by "
+                f"more than mix_tolerance {self.cfg.mix_tolerance:g}: {shown}{more}"
+            )
+        return (
+            f"session_coverage: {bad.size} of {len(columns['usable_rows'])} requested session(s) have no usable "
+            f"row: {shown}{more}"
+        )
+
+    def _validation_result(
+        self,
+        report: QAQualityReport,
+        totals: dict[str, _CheckTotals],
+        types: dict[str, list[Any]],
+        coverage: dict[str, list[Any]],
+    ) -> dict[str, Any]:
+        import great_expectations as gx
+
+        results = []
+        for check in self._checks:
+            t = totals[check.key]
+            kwargs = dict(check.kwargs)
+            if check.condition is not None:
+                kwargs["row_condition"] = f"{check.condition[0]} == {check.condition[1]}"
+            results.append(
+                {
+                    "expectation": check.name,
+                    "check": check.key,
+                    "level": "row" if check.name in ROW_EXPECTATIONS else "dataset",
+                    "on_failure": "quarantine" if check.name in ROW_EXPECTATIONS else "critical",
+                    "table": check.table,
+                    "expectation_type": _snake(check.gx_type),
+                    "kwargs": kwargs,
+                    "success": t.success,
+                    "element_count": t.element_count,
+                    "unexpected_count": t.unexpected_count,
+                    "unexpected_percent": 100.0 * t.unexpected_count / t.element_count if t.element_count else None,
+                    "examples": list(t.examples),
+                    "examples_truncated": t.unexpected_count > len(t.examples),
+                }
+            )
+        successful = sum(1 for r in results if r["success"])
+        uncovered = [
+            f"{_clean(c)}/{_clean(s)}"
+            for c, s, u in zip(
+                coverage["conversation_id"], coverage["session_id"], coverage["usable_rows"], strict=True
+            )
+            if not u
+        ]
+        return {
+            "success": successful == len(results) and not report.critical,
+            "engine": f"great_expectations {gx.__version__}",
+            "suites": [f"memforge_qa_{table}" for table in _TABLES],
+            "statistics": {
+                "evaluated_expectations": len(results),
+                "successful_expectations": successful,
+                "unsuccessful_expectations": len(results) - successful,
+                "success_percent": 100.0 * successful / len(results),
+            },
+            "rows": {
+                "total": report.total,
+                "usable": report.usable,
+                "quarantined": report.total - report.usable,
+                "usable_fraction": report.usable_fraction(),
+                "min_usable_fraction": self.cfg.min_usable_fraction,
+            },
+            "type_mix": [
+                {
+                    "type": types["type"][i],
+                    "usable_rows": int(types["usable_rows"][i]),
+                    "share": float(types["share"][i]),
+                    "target": float(types["target"][i]),
+                    "deviation": float(types["share_deviation"][i]),
+                }
+                for i in range(len(types["type"]))
+            ],
+            "session_coverage": {
+                "requested": len(coverage["usable_rows"]),
+                "covered": len(coverage["usable_rows"]) - len(uncovered),
+                "uncovered_examples": uncovered[:MAX_EXAMPLES],
+            },
+            "critical": [_clean(message) for message in report.critical],
+            "results": results,
+        }
+
+
+def _type_table(usable_type_counts: Counter[Any], usable: int, targets: dict[str, float]) -> dict[str, list[Any]]:
+    """One entry per question type: usable rows, share of the usable rows, target and deviation."""
+    counts = [usable_type_counts.get(t, 0) for t in QUESTION_TYPES]
+    shares = [count / usable if usable else 0.0 for count in counts]
+    return {
+        "type": list(QUESTION_TYPES),
+        "usable_rows": counts,
+        "share": shares,
+        "target": [targets[t] for t in QUESTION_TYPES],
+        # rounded so that a share exactly at the tolerance is not failed by float noise
+        "share_deviation": [round(abs(share - targets[t]), 9) for share, t in zip(shares, QUESTION_TYPES, strict=True)],
+    }
+
+
+def _coverage_table(
+    rows: Sequence[Any],
+    verdicts: list[QAVerdict],
+    sessions: Mapping[tuple[str, str], SessionContext],
+    requested: Iterable[tuple[str, str]] | None,
+) -> dict[str, list[Any]]:
+    """One entry per requested session: rows, usable rows and, when none is usable, why."""
+    keys = list(dict.fromkeys(sessions if requested is None else requested))
+    row_count: Counter[tuple[str, str]] = Counter()
+    usable_count: Counter[tuple[str, str]] = Counter()
+    reasons: dict[tuple[str, str], Counter[str]] = {}
+    for row, verdict in zip(rows, verdicts, strict=True):
+        key = (_field(row, "conversation_id"), _field(row, "session_id"))
+        if not isinstance(key[0], str) or not isinstance(key[1], str):
+            continue
+        row_count[key] += 1
+        if verdict.passed:
+            usable_count[key] += 1
+        else:
+            reasons.setdefault(key, Counter()).update(verdict.failed_expectations())
+    columns: dict[str, list[Any]] = {
+        "conversation_id": [],
+        "session_id": [],
+        "rows": [],
+        "usable_rows": [],
+        "reason": [],
+    }
+    for key in keys:
+        columns["conversation_id"].append(key[0])
+        columns["session_id"].append(key[1])
+        columns["rows"].append(row_count.get(key, 0))
+        columns["usable_rows"].append(usable_count.get(key, 0))
+        if usable_count.get(key):
+            columns["reason"].append("")
+        elif not row_count.get(key):
+            columns["reason"].append("no questions were generated")
+        else:
+            top = ", ".join(f"{name} x{count}" for name, count in reasons[key].most_common(3))
+            columns["reason"].append(f"all {row_count[key]} row(s) quarantined ({top})")
+    return columns
+
+
+def _type_label(value: str | None, row: Any) -> str:
+    if value is not None:
+        return value
+    raw = _field(row, "type")
+    return "<missing>" if raw is None else f"<{type(raw).__name__}>"
+
+
+def _unexpected_rows(check: _Check, expectation_result: Any) -> np.ndarray:
+    info = expectation_result.exception_info or {}
+    nested = [info] if "raised_exception" in info else list(info.values())
+    for entry in nested:
+        if isinstance(entry, dict) and entry.get("raised_exception"):
+            raise RuntimeError(
+                f"great-expectations could not evaluate {check.key} ({check.gx_type}): {entry.get('exception_message')}"
+            )
+    rows = expectation_result.result.get("unexpected_index_list")
+    if rows is None:
+        if expectation_result.success:
+            return np.empty(0, dtype=np.int64)
+        raise RuntimeError(f"great-expectations returned no unexpected rows for failed check {check.key}")
+    return np.unique(np.asarray(rows, dtype=np.int64))
+
+
+def _element_count(expectation_result: Any, frame: pd.DataFrame) -> int:
+    count = expectation_result.result.get("element_count")
+    return len(frame) if count is None else int(count)
+
+
+def _check_config(cfg: SynthQAConfig) -> None:
+    problems = []
+    if cfg.max_answer_words < 1:
+        problems.append(f"max_answer_words must be at least 1, got {cfg.max_answer_words}")
+    for name in ("support_similarity", "duplicate_similarity"):
+        value = getattr(cfg, name)
+        if not -1.0 <= value <= 1.0 or math.isnan(value):
+            problems.append(f"{name} must be a cosine similarity in [-1, 1], got {value}")
+    if not 0.0 <= cfg.mix_tolerance <= 1.0:
+        problems.append(f"mix_tolerance must be in [0, 1], got {cfg.mix_tolerance}")
+    if not 0.0 <= cfg.min_usable_fraction <= 1.0:
+        problems.append(f"min_usable_fraction must be in [0, 1], got {cfg.min_usable_fraction}")
+    if problems:
+        raise ConfigError("synth_qa: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset card
+
+#: Example rows shown per question type in the dataset card.
+CARD_EXAMPLES_PER_TYPE = 5
+_CARD_CELL = 120  # characters of a user-supplied string shown in a card cell
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: escaped, one line, bounded."""
+    text = _clean(value if isinstance(value, str) else ", ".join(map(str, value)) if value else "")
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= _CARD_CELL else text[: _CARD_CELL - 3] + "..."
+
+
+def dataset_card(report: QAQualityReport, rows: Sequence[QARow], cfg: SynthQAConfig) -> str:
+    """A markdown card: counts by type and generator, pass rates, usable fraction, examples per type and a
+    summary of the quarantine reasons. ``rows`` = the sequence that produced ``report``."""
+    targets = target_shares(cfg)
+    gate = quality_gate_message(report, cfg)
+    usable_by_generator: Counter[str] = Counter()
+    by_generator: Counter[str] = Counter()
+    for verdict in report.verdicts:
+        generator = _field(rows[verdict.index], "generator")
+        label = generator if isinstance(generator, str) else "<missing>"
+        by_generator[label] += 1
+        usable_by_generator[label] += verdict.passed
+    lines = [
+        "# Synthetic QA dataset card",
+        "",
+        f"- rows: {report.total}",
+        f"- usable: {report.usable} (usable fraction {report.usable_fraction():.3f}; "
+        f"min_usable_fraction {cfg.min_usable_fraction:g})",
+        f"- quarantined: {report.total - report.usable}",
+        f"- quality gate: {'passed' if gate is None else 'FAILED'}",
+        "",
+        "## Counts by type",
+        "",
+        "| type | rows | usable | usable share | target share |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for qtype in (*QUESTION_TYPES, *sorted(set(report.type_counts) - set(QUESTION_TYPES))):
+        usable = report.usable_type_counts.get(qtype, 0)
+        share = f"{usable / report.usable:.3f}" if report.usable else "-"
+        target = f"{targets[qtype]:.2f}" if qtype in targets else "-"
+        lines.append(f"| {_cell(qtype)} | {report.type_counts.get(qtype, 0)} | {usable} | {share} | {target} |")
+    lines += ["", "## Counts by generator", "", "| generator | rows | usable |", "| --- | ---: | ---: |"]
+    for generator, count in sorted(by_generator.items()):
+        lines.append(f"| {_cell(generator)} | {count} | {usable_by_generator[generator]} |")
+    lines += [
+        "",
+        "## Pass rates",
+        "",
+        "| expectation | level | on failure | pass rate | failing |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
+    for name in QA_EXPECTATION_NAMES:
+        row_level = name in ROW_EXPECTATIONS
+        failing = report.failed_counts.get(name, 0)
+        unit = "rows" if row_level else ("types" if name == "type_mix" else "sessions")
+        lines.append(
+            f"| {name} | {'row' if row_level else 'dataset'} | {'quarantine' if row_level else 'critical'} | "
+            f"{report.pass_rates.get(name, 1.0):.4f} | {failing} {unit} |"
+        )
+    if gate is not None:
+        lines += ["", "## Critical", "", "```", _clean(gate), "```"]
+    lines += ["", "## Quarantine reasons", ""]
+    examples: dict[str, list[str]] = {}
+    for verdict in report.verdicts:
+        for name, detail in verdict.failures:
+            shown = examples.setdefault(name, [])
+            if len(shown) < 3:
+                shown.append(f"`{_cell(verdict.qa_id)}`: {_cell(detail)}")
+    quarantine = [(name, report.failed_counts.get(name, 0)) for name in ROW_EXPECTATIONS]
+    if not any(count for _, count in quarantine):
+        lines.append("No row was quarantined.")
+    for name, count in quarantine:
+        if count:
+            lines.append(f"- **{name}**: {count} row(s)")
+            lines.extend(f"  - {example}" for example in examples.get(name, []))
+    lines += ["", "## Examples", ""]
+    for qtype in QUESTION_TYPES:
+        picked = [rows[v.index] for v in report.verdicts if v.passed and _field(rows[v.index], "type") == qtype][
+            :CARD_EXAMPLES_PER_TYPE
+        ]
+        lines += [f"### {qtype}", ""]
+        if not picked:
+            lines += ["No usable rows.", ""]
+            continue
+        lines += ["| qa_id | question | answer | evidence | generator |", "| --- | --- | --- | --- | --- |"]
+        for row in picked:
+            cells = [_cell(_field(row, name)) for name in ("qa_id", "question", "answer", "evidence", "generator")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
