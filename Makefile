@@ -65,6 +65,8 @@ profile-default: install ## switch params.yaml back to the CPU defaults
 
 bench: install ## run the benchmarks and record their results in benchmarks/results/
 	python benchmarks/bench_ingest.py
+	python benchmarks/bench_memory.py
+	python benchmarks/bench_synth_qa.py
 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC cache)
 	rm -rf models data reports .mlflow .prefect

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -99,7 +100,7 @@ def main() -> None:
     record = {
         "command": "python benchmarks/bench_ingest.py",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "rows": rows,
     }
     by_size = {row["sessions"]: row for row in rows}
