@@ -250,15 +250,24 @@ class SynthQAConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """sft: supervised warm-up on expert trajectories (used from the ADRPO issue on)."""
+    """sft: supervised warm-up on the expert trajectories (prompt = agent prompt, completion = teacher output)."""
 
     model_name_or_path: str = _f("models/base", "Model to fine-tune.")
+    splits: tuple[str, ...] = _f(("sft",), "Trajectory splits to train on.")
     use_lora: bool = _f(False, "LoRA (peft) instead of full fine-tuning.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha.")
     learning_rate: float = _f(1e-5, "Learning rate.")
     epochs: float = _f(1.0, "Epochs over the trajectories.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = run the epochs).")
     per_device_batch_size: int = _f(2, "Batch size per device.")
-    max_length: int = _f(2048, "Longest prompt + completion in tokens.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    max_length: int = _f(2048, "Longest prompt + completion in tokens (longer examples are truncated from the left).")
     bf16: bool = _f(False, "bf16 training (GPU).")
+    logging_steps: int = _f(1, "Log loss every N steps.")
+    seed: int = _f(42, "Training seed.")
+    output_dir: str = _f("models/sft", "Where the fine-tuned model (merged, loadable with from_pretrained) is written.")
+    report_path: str = _f("reports/sft.json", "Training metrics (a DVC metrics file).")
 
 
 @dataclass(frozen=True)
@@ -271,6 +280,18 @@ class ADRPOConfig:
     beta: float = _f(0.0, "KL coefficient.")
     epsilon: float = _f(0.2, "PPO clip range.")
     length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty).")
+    core_penalty_tokens: tuple[int, ...] = _f(
+        (150, 400), "Core length penalty: 0 below the first token count, 1 above the second, linear between."
+    )
+    length_ratio_free: tuple[float, ...] = _f(
+        (0.5, 1.3), "Other parts: no penalty while the output/expert length ratio stays inside this range."
+    )
+    judge: Literal["containment", "llm"] = _f(
+        "containment",
+        "containment = the normalised gold answer is recoverable from core + retrieved entries (offline, fast); "
+        "llm = backends.answerer answers, backends.judge grades CORRECT/WRONG.",
+    )
+    answer_top_k: int = _f(10, "Entries retrieved per question when answering from memory.")
     attribution: Literal["retrieval_share", "ablation"] = _f("retrieval_share", "Contribution-aware weighting mode.")
     attribution_alpha: float = _f(4.0, "Weight of the dominant part's agent under retrieval_share.")
     max_prompt_length: int = _f(1024, "Longest prompt in tokens.")

@@ -215,13 +215,17 @@ class PreparedModel:
     pad_token_added: bool
     eos_token: str
     size_bytes: int
-    seconds: float
     transformers_version: str
     format_version: int = MODEL_CARD_VERSION
+    seconds: float = 0.0  # how long preparation took: logged to MLflow, never written into the folder
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
         return dataclasses.asdict(self)
+
+    def card(self) -> dict[str, Any]:
+        """The folder's ``memforge_model.json``: deterministic, so DVC sees the same output for the same model."""
+        return {key: value for key, value in self.to_dict().items() if key != "seconds"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreparedModel:
@@ -290,7 +294,7 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
                 cfg.max_context_tokens,
                 prepared.max_position_embeddings,
             )
-        write_json_atomic(staging / MODEL_CARD_FILE, prepared.to_dict())
+        write_json_atomic(staging / MODEL_CARD_FILE, prepared.card())
         _apply_umask(staging)
     logger.info(
         "prepare_model: wrote %s (%d parameters, %s, %.1f MB) in %.1fs",

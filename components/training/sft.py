@@ -1,0 +1,535 @@
+"""Supervised warm-up (SFT) on expert trajectories with TRL's ``SFTTrainer``.
+
+Each trajectory record (``data/trajectories/{split}.jsonl``, written by the expert stage) holds, per memory part
+whose teacher output parsed, the agent prompt (chat messages) and the teacher's JSON text. Every such
+(session, part) becomes one conversational prompt-completion example::
+
+    {"prompt": [system, user], "completion": [{"role": "assistant", "content": <teacher JSON>}]}
+
+TRL renders both with the tokenizer's chat template and computes the loss on the completion tokens only (prompt
+positions get label -100). Examples longer than ``sft.max_length`` are fitted before TRL sees them: the longest
+prompt message (the transcript) loses tokens from its middle, marked by ``CUT_MARKER``, so the system prompt, the
+session header with the memories, the end of the transcript, the final instruction and the whole completion are
+kept (TRL's own truncation keeps the start only, which would cut the completion off and drop the example).
+
+``train_sft`` fine-tunes fully or with LoRA (merged before saving), then writes model + tokenizer (chat template
+kept) and a ``memforge_model.json`` card into a temp folder beside ``output_dir``, reloads and smoke-tests it
+there, and only then swaps it in (``atomic_directory``): ``output_dir`` loads with plain ``from_pretrained``.
+
+Heavy imports (torch, transformers, trl, peft, datasets) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.config import SFTConfig
+from components.errors import InputError, MemforgeError, ModelLoadError
+from components.memory.types import PARTS
+
+logger = logging.getLogger(__name__)
+
+CUT_MARKER = "\n[... cut ...]\n"
+MIN_KEPT_TOKENS = 32  # a prompt message is never cut below this many tokens
+_CUT_SLACK_TOKENS = 4  # re-tokenisation at the cut may merge or split a few tokens
+_FIT_ATTEMPTS = 3
+OnLog = Callable[[dict[str, float], int], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# examples
+
+
+def trajectory_examples(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """One prompt-completion example per (session, part) with a teacher output, in file order then ``PARTS`` order.
+
+    Besides ``prompt`` and ``completion`` each example carries ``part``, ``split``, ``conversation_id`` and
+    ``session_id`` (strings; the trainer drops them). A missing file or a malformed record is an ``InputError``
+    naming the file and line.
+    """
+    from components.io import iter_jsonl
+
+    examples: list[dict[str, Any]] = []
+    for path in paths:
+        for line_no, record in iter_jsonl(path):
+            examples.extend(_record_examples(record, path, line_no))
+    return examples
+
+
+def _record_examples(record: Any, path: str | os.PathLike[str], line_no: int) -> list[dict[str, Any]]:
+    where = f"line {line_no}"
+    if not isinstance(record, dict):
+        raise InputError(path, f"expected a trajectory object, got {type(record).__name__}", record=where)
+    prompts, outputs = record.get("prompts"), record.get("outputs")
+    if not isinstance(prompts, dict) or not isinstance(outputs, dict):
+        raise InputError(path, "a trajectory record needs 'prompts' and 'outputs' objects", record=where)
+    unknown = sorted(set(outputs) - set(PARTS))
+    if unknown:
+        raise InputError(path, f"unknown memory part(s) in 'outputs': {', '.join(unknown)}", record=where)
+    examples = []
+    for part in PARTS:
+        if part not in outputs:
+            continue  # the teacher's output for this part failed to parse: not written, nothing to learn
+        output = outputs[part]
+        if not isinstance(output, str):
+            raise InputError(path, f"outputs.{part} must be a string, got {type(output).__name__}", record=where)
+        examples.append(
+            {
+                "prompt": _messages(prompts.get(part), path, f"{where}, prompts.{part}"),
+                "completion": [{"role": "assistant", "content": output}],
+                "part": part,
+                "split": str(record.get("split", "")),
+                "conversation_id": str(record.get("conversation_id", "")),
+                "session_id": str(record.get("session_id", "")),
+            }
+        )
+    return examples
+
+
+def _messages(value: Any, path: str | os.PathLike[str], where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise InputError(path, "expected a non-empty list of chat messages", record=where)
+    messages = []
+    for index, message in enumerate(value):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise InputError(path, f"message {index} is not a {{'role': str, 'content': str}} object", record=where)
+        messages.append({"role": message["role"], "content": message["content"]})
+    if messages[-1]["role"] == "assistant":
+        raise InputError(path, "the prompt ends with an assistant message", record=where)
+    return messages
+
+
+def build_sft_dataset(examples: Sequence[Mapping[str, Any]]) -> Any:
+    """The examples as a ``datasets.Dataset`` (TRL's conversational prompt-completion layout)."""
+    if not examples:
+        raise MemforgeError("no SFT examples: the trajectory files hold no teacher outputs; run the expert stage")
+    from datasets import Dataset
+
+    return Dataset.from_list([dict(example) for example in examples])
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting long examples to max_length
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How many examples were already short enough, shortened in the prompt, or still too long."""
+
+    fitted: int = 0
+    shortened: int = 0
+    over_length: int = 0  # still longer than max_length (completion alone too long): TRL cuts the completion's end
+    max_tokens_before: int = 0
+    max_tokens_after: int = 0
+
+
+def _chat_tokens(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> int:
+    encoded = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=True, return_dict=True)
+    return len(encoded["input_ids"])
+
+
+def fit_example(example: Mapping[str, Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], str, int, int]:
+    """``example`` fitted to ``max_length`` tokens: (example, status, tokens before, tokens after).
+
+    Status is ``fitted`` (unchanged), ``shortened`` (prompt messages, longest first, lost tokens from their middle,
+    replaced by ``CUT_MARKER``) or ``over_length`` (cannot fit without cutting the completion or a message below
+    ``MIN_KEPT_TOKENS``; left unchanged for TRL's truncation, which keeps the start).
+    """
+    prompt = [dict(m) for m in example["prompt"]]
+    completion = [dict(m) for m in example["completion"]]
+    before = total = _chat_tokens(tokenizer, prompt + completion)
+    if total <= max_length:
+        return dict(example), "fitted", before, total
+    marker = len(tokenizer(CUT_MARKER, add_special_tokens=False)["input_ids"])
+    for _ in range(_FIT_ATTEMPTS * len(prompt)):
+        ids_by_message = [tokenizer(m["content"], add_special_tokens=False)["input_ids"] for m in prompt]
+        index = max(range(len(prompt)), key=lambda i: len(ids_by_message[i]))
+        ids = ids_by_message[index]
+        keep = max(len(ids) - (total - max_length) - marker - _CUT_SLACK_TOKENS, MIN_KEPT_TOKENS)
+        if keep + marker >= len(ids):
+            break  # even the longest message is already as short as it may get
+        head = keep // 2
+        tail = keep - head
+        prompt[index] = {
+            **prompt[index],
+            "content": tokenizer.decode(ids[:head], skip_special_tokens=False)
+            + CUT_MARKER
+            + tokenizer.decode(ids[len(ids) - tail :], skip_special_tokens=False),
+        }
+        total = _chat_tokens(tokenizer, prompt + completion)
+        if total <= max_length:
+            return {**example, "prompt": prompt}, "shortened", before, total
+    return dict(example), "over_length", before, before
+
+
+def fit_examples(
+    examples: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int
+) -> tuple[list[dict[str, Any]], FitReport]:
+    """Every example fitted to ``max_length`` (see ``fit_example``), with counts."""
+    counts: Counter[str] = Counter()
+    fitted, longest_before, longest_after = [], 0, 0
+    for example in examples:
+        result, status, before, after = fit_example(example, tokenizer, max_length)
+        fitted.append(result)
+        counts[status] += 1
+        longest_before, longest_after = max(longest_before, before), max(longest_after, after)
+    report = FitReport(counts["fitted"], counts["shortened"], counts["over_length"], longest_before, longest_after)
+    if report.over_length:
+        logger.warning(
+            "sft: %d example(s) stay longer than max_length=%d even with the prompt cut; TRL truncates their "
+            "completion's end",
+            report.over_length,
+            max_length,
+        )
+    return fitted, report
+
+
+# ---------------------------------------------------------------------------------------------
+# outcome
+
+
+@dataclass
+class SFTOutcome:
+    """What a fine-tuning run did; ``metrics()`` feeds DVC and MLflow, ``card()`` the model folder."""
+
+    output_dir: str
+    base_model: str
+    use_lora: bool
+    examples: int
+    examples_trained: int
+    examples_per_part: dict[str, int]
+    fit: FitReport
+    steps: int
+    epochs: float
+    train_loss: float
+    final_loss: float
+    loss_history: list[dict[str, float]]
+    trainable_params: int
+    total_params: int
+    seconds: float
+    step_seconds: list[float] = field(default_factory=list)
+    tokens: float = 0.0
+    device: str = "cpu"
+    saved_dtype: str = "float32"
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (final values; per-step values go to MLflow as they are logged)."""
+        steady = self.step_seconds[1:] or self.step_seconds  # the first step pays for warm-up
+        out: dict[str, float] = {
+            "examples": self.examples,
+            "examples_trained": self.examples_trained,
+            "examples_shortened": self.fit.shortened,
+            "examples_over_length": self.fit.over_length,
+            "steps": self.steps,
+            "epochs": round(self.epochs, 4),
+            "train_loss": self.train_loss,
+            "final_loss": self.final_loss,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "trainable_fraction": self.trainable_params / max(self.total_params, 1),
+            "use_lora": float(self.use_lora),
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_step": round(statistics.median(steady), 4) if steady else 0.0,
+        }
+        out.update({f"examples_{part}": n for part, n in self.examples_per_part.items()})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The ``sft`` section of the model card."""
+        return {
+            "base_model": self.base_model,
+            "use_lora": self.use_lora,
+            "examples": self.examples,
+            "examples_trained": self.examples_trained,
+            "examples_per_part": dict(self.examples_per_part),
+            "fit": asdict(self.fit),
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "train_loss": self.train_loss,
+            "final_loss": self.final_loss,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "device": self.device,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _log_forwarder(on_log: OnLog | None, history: list[dict[str, float]], step_seconds: list[float]) -> Any:
+    """A ``TrainerCallback`` that hands every numeric log to ``on_log(logs, step)`` and times each step."""
+    from transformers import TrainerCallback
+
+    class ForwardLogs(TrainerCallback):
+        started = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step_seconds.append(time.perf_counter() - self.started)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+            numeric = {
+                key: float(value)
+                for key, value in (logs or {}).items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+            }
+            if "loss" in numeric:
+                history.append({"step": int(state.global_step), "loss": numeric["loss"]})
+            if on_log is not None and numeric:
+                on_log(numeric, int(state.global_step))
+
+    return ForwardLogs()
+
+
+def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
+    """``trl.SFTConfig`` for ``cfg``: completion-only loss, no checkpoints, no reporters, CPU when no CUDA."""
+    import torch
+    from trl import SFTConfig as TRLSFTConfig
+
+    cuda = torch.cuda.is_available()
+    return TRLSFTConfig(
+        output_dir=str(scratch_dir),
+        completion_only_loss=True,
+        max_length=cfg.max_length,
+        truncation_mode="keep_start",
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=cfg.bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        activation_checkpointing=cuda,  # saves memory on GPU; on CPU it only costs time
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+
+
+def lora_config(cfg: SFTConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_base(cfg: SFTConfig) -> tuple[Any, Any, str]:
+    """Model (float32 master weights), tokenizer (chat template and pad token checked) and the saved dtype."""
+    from components.llm.model_assets import load_model_folder, normalise_tokenizer
+
+    folder = Path(cfg.model_name_or_path)
+    saved_dtype = _saved_dtype(folder)
+    model, tokenizer = load_model_folder(folder, "float32")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"{folder}: the tokenizer has no chat template; prepare the model with prepare_model")
+    normalise_tokenizer(model, tokenizer)
+    return model, tokenizer, saved_dtype
+
+
+def _saved_dtype(folder: Path) -> str:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"  # load_model_folder reports the real problem
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def build_sft_trainer(
+    cfg: SFTConfig,
+    dataset: Any,
+    model: Any,
+    tokenizer: Any,
+    scratch_dir: str | os.PathLike[str],
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """The ``SFTTrainer`` (dataset tokenised, labels built, LoRA applied when ``cfg.use_lora``)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=trl_config(cfg, scratch_dir),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg) if cfg.use_lora else None,
+        callbacks=list(callbacks),
+    )
+
+
+def _count_params(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def train_sft(
+    cfg: SFTConfig,
+    dataset: Any,
+    output_dir: str | os.PathLike[str],
+    on_log: OnLog | None = None,
+) -> SFTOutcome:
+    """Fine-tune ``cfg.model_name_or_path`` on ``dataset`` and save the result atomically into ``output_dir``.
+
+    ``on_log(logs, step)`` receives every trainer log (loss, learning_rate, grad_norm, mean_token_accuracy, ...).
+    On any failure ``output_dir`` is left as it was and no temp folder remains.
+    """
+    import torch
+
+    from components.io import atomic_directory, write_json_atomic
+    from components.llm.model_assets import MODEL_CARD_FILE, verify_prepared_folder
+
+    if dataset is None or len(dataset) == 0:
+        raise MemforgeError("no SFT examples to train on")
+    started = time.perf_counter()
+    out = Path(output_dir)
+    model, tokenizer, saved_dtype = load_base(cfg)
+    rows = dataset.to_list()
+    examples_per_part = dict(Counter(str(row.get("part", "")) for row in rows))
+    fitted, fit = fit_examples(rows, tokenizer, cfg.max_length)
+    from datasets import Dataset
+
+    train_dataset = Dataset.from_list(fitted)
+    history: list[dict[str, float]] = []
+    step_seconds: list[float] = []
+    tokens: list[float] = []
+
+    def forward(logs: dict[str, float], step: int) -> None:
+        if "num_tokens" in logs:
+            tokens.append(logs["num_tokens"])
+        if on_log is not None:
+            on_log(logs, step)
+
+    with atomic_directory(out) as staging:
+        scratch = staging / ".trainer"
+        trainer = build_sft_trainer(
+            cfg, train_dataset, model, tokenizer, scratch, [_log_forwarder(forward, history, step_seconds)]
+        )
+        if len(trainer.train_dataset) == 0:
+            raise MemforgeError(
+                f"no SFT example fits sft.max_length={cfg.max_length} tokens with a completion token left "
+                f"({len(rows)} examples, longest {fit.max_tokens_before} tokens); raise sft.max_length"
+            )
+        trainable, _ = _count_params(trainer.model)
+        result = trainer.train()
+        trained = trainer.model
+        if cfg.use_lora:
+            trained = trained.merge_and_unload()
+        trained.config.use_cache = True
+        trained = trained.to(getattr(torch, saved_dtype))
+        _, total = _count_params(trained)
+        shutil.rmtree(scratch, ignore_errors=True)
+        trained.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        outcome = SFTOutcome(
+            output_dir=str(out),
+            base_model=str(cfg.model_name_or_path),
+            use_lora=cfg.use_lora,
+            examples=len(rows),
+            examples_trained=len(trainer.train_dataset),
+            examples_per_part=examples_per_part,
+            fit=fit,
+            steps=int(trainer.state.global_step),
+            epochs=float(trainer.state.epoch or 0.0),
+            train_loss=float(result.training_loss),
+            final_loss=history[-1]["loss"] if history else float("nan"),
+            loss_history=history,
+            trainable_params=trainable,
+            total_params=total,
+            seconds=0.0,
+            step_seconds=step_seconds,
+            tokens=tokens[-1] if tokens else 0.0,
+            device=str(trainer.args.device),
+            saved_dtype=saved_dtype,
+        )
+        del trainer, trained, model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        verify_prepared_folder(staging, saved_dtype, final_dir=out)  # reloads with plain from_pretrained, generates
+        outcome.seconds = time.perf_counter() - started
+        write_json_atomic(staging / MODEL_CARD_FILE, model_card(cfg, outcome, tokenizer, staging))
+        _apply_umask(staging)
+    if not math.isfinite(outcome.final_loss):
+        logger.warning("sft: the last logged loss is %s", outcome.final_loss)
+    return outcome
+
+
+def model_card(cfg: SFTConfig, outcome: SFTOutcome, tokenizer: Any, folder: Path) -> dict[str, Any]:
+    """A ``memforge_model.json`` that ``read_model_card`` accepts (prepared-model fields) plus an ``sft`` section."""
+    import transformers
+
+    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    base = Path(cfg.model_name_or_path)
+    try:
+        max_context = read_model_card(base).max_context_tokens
+    except ModelLoadError:
+        max_context = cfg.max_length
+    architectures = config.get("architectures") or [""]
+    return {
+        "output_dir": outcome.output_dir,
+        "source": f"sft of {base}",
+        "kind": "sft",
+        "location": str(base.resolve()),
+        "gguf_file": None,
+        "revision": None,
+        "source_sha256": None,
+        "architecture": str(architectures[0]),
+        "model_type": str(config.get("model_type", "")),
+        "parameter_count": outcome.total_params,
+        "dtype": outcome.saved_dtype,
+        "vocab_size": int(config.get("vocab_size") or 0),
+        "tokenizer_size": len(tokenizer),
+        "max_context_tokens": max_context,
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "chat_template_present": bool(getattr(tokenizer, "chat_template", None)),
+        "chat_template_added": False,
+        "pad_token": str(tokenizer.pad_token),
+        "pad_token_added": False,
+        "eos_token": str(tokenizer.eos_token),
+        "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "seconds": round(outcome.seconds, 3),
+        "transformers_version": transformers.__version__,
+        "format_version": MODEL_CARD_VERSION,
+        "sft": outcome.summary(),
+    }
+
+
+def _apply_umask(folder: Path) -> None:
+    """Ordinary permissions for the staged folder (mkdtemp creates it 0700)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            os.chmod(file, 0o666 & ~mask)
