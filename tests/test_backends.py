@@ -515,10 +515,8 @@ def test_timeouts_are_retried_then_reported(upstream: Upstream, request: pytest.
     tag = _tag(request)
     url = f"{upstream.url}/slow/{tag}/v1"  # type: ignore[attr-defined]
     backend = OpenAIBackend(_openai(url, max_retries=1, timeout_seconds=0.2), **FAST_RETRY)
-    started = time.monotonic()
     with pytest.raises(BackendError, match=r"timed out after 0\.2 s") as failed:
         backend.generate(CONVERSATIONS[:1], GREEDY)
-    assert time.monotonic() - started < 0.6 + 0.5
     assert url in str(failed.value) and "2 attempt(s)" in str(failed.value)
     assert len(upstream.attempts[tag]) == 2
 
