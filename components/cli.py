@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "ingest": "components.stages.ingest",
     "expert": "components.stages.expert",
     "synth_qa": "components.stages.synth_qa",
+    "sft": "components.stages.sft",
 }
 
 

@@ -259,10 +259,16 @@ class SFTConfig:
     lora_alpha: int = _f(32, "LoRA alpha.")
     learning_rate: float = _f(1e-5, "Learning rate.")
     epochs: float = _f(1.0, "Epochs over the trajectories.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1 = run the epochs).")
+    max_steps: int = _f(
+        4, "Stop after this many optimizer steps (-1 = run the epochs). The CPU default is a smoke run."
+    )
     per_device_batch_size: int = _f(2, "Batch size per device.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    max_length: int = _f(2048, "Longest prompt + completion in tokens (longer examples are truncated from the left).")
+    max_length: int = _f(
+        2048,
+        "Longest prompt + completion in tokens. Longer prompts lose tokens from the middle of their longest message "
+        "(the transcript); the system prompt, the final instruction and the whole completion are kept.",
+    )
     bf16: bool = _f(False, "bf16 training (GPU).")
     logging_steps: int = _f(1, "Log loss every N steps.")
     seed: int = _f(42, "Training seed.")
@@ -337,7 +343,7 @@ class PipelineConfig:
     """The Prefect pipeline flow that runs the DVC stages."""
 
     stages: tuple[str, ...] = _f(
-        ("prepare_model", "ingest", "expert", "synth_qa"), "DVC stages the pipeline runs, in order."
+        ("prepare_model", "ingest", "expert", "synth_qa", "sft"), "DVC stages the pipeline runs, in order."
     )
     retries: int = _f(1, "Retries per stage task.")
     retry_delay_seconds: float = _f(5.0, "Delay between retries.")

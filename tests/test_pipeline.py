@@ -17,6 +17,7 @@ from components.config import (
     MemoryConfig,
     ModelConfig,
     Params,
+    SFTConfig,
     SourceConfig,
     SyntheticConfig,
     SynthQAConfig,
@@ -54,6 +55,7 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
         memory=MemoryConfig(embedder="hashing"),
         # a corpus this small cannot hold the 50/30/20 mix; its eval split is the injection-only conversation
         synth_qa=SynthQAConfig(mix_tolerance=0.5, max_uncovered_fraction=0.5, splits=("sft", "rl")),
+        sft=SFTConfig(max_steps=2, max_length=256),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
     (repo / ".gitignore").write_text("/.mlflow/\n", encoding="utf-8")
@@ -76,7 +78,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     dvc = str(Path(sys.executable).parent / "dvc")
     first = _run([dvc, "repro"], repo)
-    for stage in ("prepare_model", "ingest", "expert", "synth_qa"):
+    for stage in ("prepare_model", "ingest", "expert", "synth_qa", "sft"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "models/base/config.json").is_file()
     assert (repo / "models/base/memforge_model.json").is_file()
@@ -88,9 +90,11 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert "prepare_model:" in lock and "ingest:" in lock and "expert:" in lock
     assert json.loads((repo / "reports/expert.json").read_text())["sessions"] > 0
     assert json.loads((repo / "reports/synth_qa.json").read_text())["rl_prompts"] > 0
+    assert (repo / "models/sft/config.json").is_file()
 
     second = _run([dvc, "repro"], repo)
-    assert all(_skipped(second.stdout, s) for s in ("prepare_model", "ingest", "expert", "synth_qa")), second.stdout
+    all_stages = ("prepare_model", "ingest", "expert", "synth_qa", "sft")
+    assert all(_skipped(second.stdout, s) for s in all_stages), second.stdout
 
     params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
     (repo / "params.yaml").write_text(params)
@@ -102,7 +106,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     stages = sorted(r.data.tags["memforge.stage"] for r in runs)
     # the new split changes the training conversations, so expert reruns too
-    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model", "synth_qa", "synth_qa"]
+    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model", "sft", "sft", "synth_qa", "synth_qa"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -113,7 +117,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
 
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     summary = memforge_pipeline(repo_dir=str(repo))
-    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert", "synth_qa"]
+    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert", "synth_qa", "sft"]
     assert not any(s["skipped"] for s in summary["stages"])
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
@@ -123,7 +127,13 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["memforge.stage"] for c in children) == ["expert", "ingest", "prepare_model", "synth_qa"]
+    assert sorted(c.data.tags["memforge.stage"] for c in children) == [
+        "expert",
+        "ingest",
+        "prepare_model",
+        "sft",
+        "synth_qa",
+    ]
 
     again = memforge_pipeline(repo_dir=str(repo))
     assert all(s["skipped"] for s in again["stages"])
@@ -135,6 +145,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
         "ingest": False,
         "expert": False,
         "synth_qa": False,
+        "sft": False,
     }
     assert "seed: 5" in (repo / "params.yaml").read_text()
 

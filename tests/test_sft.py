@@ -347,3 +347,12 @@ def test_importing_the_stage_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_diverging_loss_fails_and_keeps_the_previous_output(
+    tiny_model_dir: Path, trajectories: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(tiny_model_dir, tmp_path, learning_rate=1e30, max_steps=3)
+    with pytest.raises(MemforgeError, match="training diverged"):
+        train_sft(cfg, build_sft_dataset(trajectory_examples([trajectories])), cfg.output_dir)
+    assert not Path(cfg.output_dir).exists() and _leftovers(Path(cfg.output_dir).parent) == []

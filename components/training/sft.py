@@ -274,8 +274,11 @@ class SFTOutcome:
 # training
 
 
-def _log_forwarder(on_log: OnLog | None, history: list[dict[str, float]], step_seconds: list[float]) -> Any:
-    """A ``TrainerCallback`` that hands every numeric log to ``on_log(logs, step)`` and times each step."""
+def _log_forwarder(
+    on_log: OnLog | None, history: list[dict[str, float]], step_seconds: list[float], diverged: list[int]
+) -> Any:
+    """A ``TrainerCallback`` that hands every numeric log to ``on_log(logs, step)``, times each step, and records
+    the steps whose loss or gradient norm is not finite."""
     from transformers import TrainerCallback
 
     class ForwardLogs(TrainerCallback):
@@ -295,6 +298,8 @@ def _log_forwarder(on_log: OnLog | None, history: list[dict[str, float]], step_s
             }
             if "loss" in numeric:
                 history.append({"step": int(state.global_step), "loss": numeric["loss"]})
+            if any(not math.isfinite(numeric[key]) for key in ("loss", "grad_norm") if key in numeric):
+                diverged.append(int(state.global_step))
             if on_log is not None and numeric:
                 on_log(numeric, int(state.global_step))
 
@@ -326,6 +331,7 @@ def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
         data_seed=cfg.seed,
         save_strategy="no",
         report_to="none",
+        logging_nan_inf_filter=False,  # a NaN loss must show (and fail the stage), not be averaged away
         dataloader_num_workers=0,
     )
 
@@ -420,6 +426,7 @@ def train_sft(
     train_dataset = Dataset.from_list(fitted)
     history: list[dict[str, float]] = []
     step_seconds: list[float] = []
+    diverged: list[int] = []
     tokens: list[float] = []
 
     def forward(logs: dict[str, float], step: int) -> None:
@@ -431,7 +438,7 @@ def train_sft(
     with atomic_directory(out) as staging:
         scratch = staging / ".trainer"
         trainer = build_sft_trainer(
-            cfg, train_dataset, model, tokenizer, scratch, [_log_forwarder(forward, history, step_seconds)]
+            cfg, train_dataset, model, tokenizer, scratch, [_log_forwarder(forward, history, step_seconds, diverged)]
         )
         if len(trainer.train_dataset) == 0:
             raise MemforgeError(
@@ -440,6 +447,13 @@ def train_sft(
             )
         trainable, _ = _count_params(trainer.model)
         result = trainer.train()
+        if diverged or not math.isfinite(result.training_loss):
+            where = f"at step {diverged[0]}" if diverged else "on average"
+            raise MemforgeError(
+                f"sft: training diverged (loss or gradient norm not finite {where}); lower sft.learning_rate "
+                f"(now {cfg.learning_rate}) "
+                f"or check the data; {out} was left as it was"
+            )
         trained = trainer.model
         if cfg.use_lora:
             trained = trained.merge_and_unload()
@@ -478,8 +492,6 @@ def train_sft(
         outcome.seconds = time.perf_counter() - started
         write_json_atomic(staging / MODEL_CARD_FILE, model_card(cfg, outcome, tokenizer, staging))
         _apply_umask(staging)
-    if not math.isfinite(outcome.final_loss):
-        logger.warning("sft: the last logged loss is %s", outcome.final_loss)
     return outcome
 
 
