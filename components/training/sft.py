@@ -530,7 +530,6 @@ def model_card(cfg: SFTConfig, outcome: SFTOutcome, tokenizer: Any, folder: Path
         "pad_token_added": False,
         "eos_token": str(tokenizer.eos_token),
         "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-        "seconds": round(outcome.seconds, 3),
         "transformers_version": transformers.__version__,
         "format_version": MODEL_CARD_VERSION,
         "sft": outcome.summary(),
