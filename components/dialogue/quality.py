@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from components.config import QualityConfig
 from components.dialogue.schema import Conversation, Question, Session, Turn, parse_timestamp
 from components.errors import ConfigError
+from components.gx import check_key, unexpected_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,11 +54,6 @@ MAX_EXAMPLES = 20
 _MAX_SHOWN = 80  # characters of a user-supplied string quoted in a message
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_RESULT_FORMAT: dict[str, Any] = {
-    "result_format": "COMPLETE",
-    "return_unexpected_index_query": False,
-    "partial_unexpected_count": 0,
-}
 _TABLES = ("conversations", "sessions", "turns", "questions", "evidence")
 
 
@@ -650,13 +646,7 @@ class DialogueValidator:
     """
 
     def __init__(self, config: QualityConfig) -> None:
-        import great_expectations as gx
-        import great_expectations.expectations as gxe
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
+        from components.gx import TableSuites, expectation
 
         if config.min_turn_chars > config.max_turn_chars:
             raise ConfigError(
@@ -666,25 +656,18 @@ class DialogueValidator:
         self._checks = _checks(config)
         self._check_by_key = {check.key: check for check in self._checks}
         self._order = {check.key: i for i, check in enumerate(sorted(self._checks, key=_check_rank))}
-        project = DataContextConfig(
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False),
+        self._gx = TableSuites.build(
+            "memforge_dialogues",
+            "memforge_dialogue",
+            {
+                table: [
+                    expectation(check.gx_type, check.kwargs, name=check.name, key=check.key)
+                    for check in self._checks
+                    if check.table == table
+                ]
+                for table in _TABLES
+            },
         )
-        self._context = gx.get_context(mode="ephemeral", project_config=project)
-        source = self._context.data_sources.add_pandas("memforge_dialogues")
-        self._batch_definitions: dict[str, Any] = {}
-        self._suites: dict[str, Any] = {}
-        for table in _TABLES:
-            asset = source.add_dataframe_asset(table)
-            self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
-            suite = self._context.suites.add(gx.ExpectationSuite(name=f"memforge_dialogue_{table}"))
-            for check in self._checks:
-                if check.table == table:
-                    expectation_class = getattr(gxe, check.gx_type)
-                    meta = {"memforge_expectation": check.name, "memforge_check": check.key}
-                    suite.add_expectation(expectation_class(**check.kwargs, meta=meta))
-            self._suites[table] = suite
         self._seen: set[str] = set()
         self._stats = {name: ExpectationStats() for name in EXPECTATION_NAMES}
         self._totals = {check.key: _CheckTotals() for check in self._checks}
@@ -705,12 +688,10 @@ class DialogueValidator:
         for table, frame in tables.items():
             if frame.empty:
                 continue
-            batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
-            validation = batch.validate(self._suites[table], result_format=_RESULT_FORMAT)
             failed_rows: dict[str, Any] = {}
-            for expectation_result in validation.results:
-                check = self._check_by_key[expectation_result.expectation_config.meta["memforge_check"]]
-                rows = self._unexpected_rows(check, expectation_result)
+            for expectation_result in self._gx.validate(table, frame):
+                check = self._check_by_key[check_key(expectation_result)]
+                rows = unexpected_rows(expectation_result, f"{check.key} ({check.gx_type})")
                 totals = self._totals[check.key]
                 totals.batches += 1
                 totals.failed_batches += 0 if expectation_result.success else 1
@@ -761,25 +742,6 @@ class DialogueValidator:
         )
 
     # -- internals --------------------------------------------------------------------------
-
-    @staticmethod
-    def _unexpected_rows(check: _Check, expectation_result: Any) -> Any:
-        import numpy as np
-
-        info = expectation_result.exception_info or {}
-        nested = [info] if "raised_exception" in info else list(info.values())
-        for entry in nested:
-            if isinstance(entry, dict) and entry.get("raised_exception"):
-                raise RuntimeError(
-                    f"great-expectations could not evaluate {check.key} ({check.gx_type}): "
-                    f"{entry.get('exception_message')}"
-                )
-        rows = expectation_result.result.get("unexpected_index_list")
-        if rows is None:
-            if expectation_result.success:
-                return np.empty(0, dtype=np.int64)
-            raise RuntimeError(f"great-expectations returned no unexpected rows for failed check {check.key}")
-        return np.unique(np.asarray(rows, dtype=np.int64))
 
     def _describe(
         self,

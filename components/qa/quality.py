@@ -37,6 +37,7 @@ from components.config import SynthQAConfig
 from components.dialogue.quality import MAX_EXAMPLES, _clean, _safe, _show, _snake
 from components.dialogue.schema import Conversation, parse_timestamp
 from components.errors import ConfigError
+from components.gx import check_key, element_count, unexpected_rows
 from components.qa.dates import date_stated, parse_day
 from components.qa.schema import QUESTION_TYPES, QARow
 
@@ -63,11 +64,6 @@ DATASET_EXPECTATIONS: tuple[str, ...] = QA_EXPECTATION_NAMES[7:]
 #: Uncovered sessions / off-target types named in a critical message.
 MAX_NAMED = 10
 
-_RESULT_FORMAT: dict[str, Any] = {
-    "result_format": "COMPLETE",
-    "return_unexpected_index_query": False,
-    "partial_unexpected_count": 0,
-}
 _TABLES = ("rows", "types", "sessions")
 _NON_WORD = re.compile(r"[\W_]+")
 _MISSING = object()
@@ -756,43 +752,25 @@ class QAValidator:
     """
 
     def __init__(self, cfg: SynthQAConfig, embedder: Embedder) -> None:
-        import great_expectations as gx
-        import great_expectations.expectations as gxe
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
         from great_expectations.expectations.row_conditions import Column
+
+        from components.gx import TableSuites, expectation
 
         _check_config(cfg)
         self.cfg = cfg
         self.embedder = embedder
         self._checks = _row_checks(cfg) + _dataset_checks(cfg)
         self._check_by_key = {check.key: check for check in self._checks}
-        project = DataContextConfig(
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False),
+
+        def build(check: _Check) -> Any:
+            condition = None if check.condition is None else Column(check.condition[0]) == check.condition[1]
+            return expectation(check.gx_type, check.kwargs, name=check.name, key=check.key, row_condition=condition)
+
+        self._gx = TableSuites.build(
+            "memforge_qa",
+            "memforge_qa",
+            {table: [build(check) for check in self._checks if check.table == table] for table in _TABLES},
         )
-        self._context = gx.get_context(mode="ephemeral", project_config=project)
-        source = self._context.data_sources.add_pandas("memforge_qa")
-        self._batch_definitions: dict[str, Any] = {}
-        self._suites: dict[str, Any] = {}
-        for table in _TABLES:
-            asset = source.add_dataframe_asset(table)
-            self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
-            suite = self._context.suites.add(gx.ExpectationSuite(name=f"memforge_qa_{table}"))
-            for check in self._checks:
-                if check.table != table:
-                    continue
-                extra: dict[str, Any] = {}
-                if check.condition is not None:
-                    column, value = check.condition
-                    extra["row_condition"] = Column(column) == value
-                meta = {"memforge_expectation": check.name, "memforge_check": check.key}
-                suite.add_expectation(getattr(gxe, check.gx_type)(**check.kwargs, **extra, meta=meta))
-            self._suites[table] = suite
 
     # -- public -----------------------------------------------------------------------------
 
@@ -897,11 +875,10 @@ class QAValidator:
 
     def _run(self, table: str, frame: pd.DataFrame) -> Iterator[tuple[_Check, tuple[np.ndarray, int]]]:
         """Validate ``frame`` with the table's suite; yields (check, (failing row positions, rows evaluated))."""
-        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
-        validation = batch.validate(self._suites[table], result_format=_RESULT_FORMAT)
-        for expectation_result in validation.results:
-            check = self._check_by_key[expectation_result.expectation_config.meta["memforge_check"]]
-            yield check, (_unexpected_rows(check, expectation_result), _element_count(expectation_result, frame))
+        for expectation_result in self._gx.validate(table, frame):
+            check = self._check_by_key[check_key(expectation_result)]
+            failing = unexpected_rows(expectation_result, f"{check.key} ({check.gx_type})")
+            yield check, (failing, element_count(expectation_result, len(frame)))
 
     def _dataset_message(self, check: _Check, bad: np.ndarray, columns: dict[str, list[Any]], usable: int) -> str:
         shown = "; ".join(check.describe(int(i), columns) for i in bad[:MAX_NAMED])
@@ -1054,27 +1031,6 @@ def _type_label(value: str | None, row: Any) -> str:
         return value
     raw = _field(row, "type")
     return "<missing>" if raw is None else f"<{type(raw).__name__}>"
-
-
-def _unexpected_rows(check: _Check, expectation_result: Any) -> np.ndarray:
-    info = expectation_result.exception_info or {}
-    nested = [info] if "raised_exception" in info else list(info.values())
-    for entry in nested:
-        if isinstance(entry, dict) and entry.get("raised_exception"):
-            raise RuntimeError(
-                f"great-expectations could not evaluate {check.key} ({check.gx_type}): {entry.get('exception_message')}"
-            )
-    rows = expectation_result.result.get("unexpected_index_list")
-    if rows is None:
-        if expectation_result.success:
-            return np.empty(0, dtype=np.int64)
-        raise RuntimeError(f"great-expectations returned no unexpected rows for failed check {check.key}")
-    return np.unique(np.asarray(rows, dtype=np.int64))
-
-
-def _element_count(expectation_result: Any, frame: pd.DataFrame) -> int:
-    count = expectation_result.result.get("element_count")
-    return len(frame) if count is None else int(count)
 
 
 def _check_config(cfg: SynthQAConfig) -> None:
