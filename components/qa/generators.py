@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from components.config import SynthQAConfig, TypeMixConfig
 from components.dialogue.schema import Conversation, Session, Turn
+from components.dialogue.synthetic import SINGLE_Q
 from components.errors import ConfigError, MemforgeError
 from components.memory.parser import OperationParseError, extract_json
 from components.qa.schema import QUESTION_TYPES, QARow, QuestionType
@@ -859,17 +860,7 @@ class ExtractiveQAGenerator:
 # oracle: the synthetic generator's ground truth
 
 _MONTH_OF = dict(enumerate(_MONTH_NAMES, start=1))
-_SINGLE_FIRST = {
-    "city": "Which city does {n} live in?",
-    "employer": "Where does {n} work?",
-    "role": "What does {n} do for a living?",
-    "partner": "What is the name of {n}'s partner?",
-    "favorite_food": "What is {n}'s favorite food?",
-    "hobby": "What is {n}'s main hobby?",
-    "favorite_music": "What kind of music does {n} like most?",
-    "gym_day": "When does {n} go to the gym?",
-    "commute": "How does {n} get to work?",
-}
+_SINGLE_FIRST = SINGLE_Q  # the synthetic generator's own wording for a fact's first statement
 _SINGLE_NOW = {
     "city": "Which city does {n} live in now?",
     "employer": "Where does {n} work now?",
