@@ -1,0 +1,283 @@
+"""ADRPO on TRL's GRPOTrainer: the hook guard, two real training steps with a tiny model, the advantage rewrite.
+
+The prompts are the two hand-built sessions of ``test_rewards`` (A, B; rows as synth_qa's ``join_prompts`` writes
+them). A random tiny model writes unparseable memory operations, so every reward would be 0 and no parameter
+would move; the ``scripted_rollouts`` shim therefore swaps each generated completion, AT SCORING TIME ONLY, for the
+hand-written rollout of ``test_rewards`` with the same (session, part, rollout index). Generation, TRL's reward
+call, ``groups_from_batch``, ``score_groups`` (real banks, real containment judge), the advantage rewrite and the
+policy-gradient step on the generated tokens are all real; the rewards and weights are the hand-computed
+``EXPECTED_REWARDS`` / ``RETRIEVAL_WEIGHTS`` of ``test_rewards``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.config import ADRPOConfig
+from components.errors import MemforgeError
+from components.memory.embedder import EmbeddingCache, HashingEmbedder
+from components.memory.types import PARTS
+from components.rewards import DEFAULT_EPS, completion_text
+from components.training import adrpo
+from tests.test_rewards import (
+    EXPECTED_REWARDS,
+    MEMORY,
+    RETRIEVAL_WEIGHTS,
+    ROLLOUTS_A,
+    ROLLOUTS_B,
+    _prompt_rows,
+    count_tokens,
+)
+from tests.test_synth_qa import trained_inputs  # noqa: F401  (fixture: ingest + expert on a small corpus)
+
+ROLLOUTS = {"c1:s1": ROLLOUTS_A, "c1:s2": ROLLOUTS_B}
+SQRT_HALF = 1 / math.sqrt(2)
+
+
+def prompt_rows() -> list[dict]:
+    rows = _prompt_rows(EmbeddingCache(HashingEmbedder()))
+    return [rows[sid, part] for sid in ("s1", "s2") for part in PARTS]
+
+
+def adrpo_cfg(model_dir: Path, **overrides) -> ADRPOConfig:
+    base = dict(
+        model_name_or_path=str(model_dir),
+        num_generations=2,
+        learning_rate=5e-2,
+        max_completion_length=8,
+        max_prompt_length=512,
+        max_steps=2,
+    )
+    return ADRPOConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def scripted_rollouts(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Score the hand-written rollouts in place of the tiny model's text; records the generated texts."""
+    real = adrpo.groups_from_batch
+    generated: list[list[str]] = []
+
+    def shim(rows, completions, **kwargs):
+        seen: dict[tuple[str, str], int] = {}
+        scripted = []
+        for row in rows:
+            key = (f"{row['conversation_id']}:{row['session_id']}", row["part"])
+            r = seen[key] = seen.get(key, -1) + 1
+            scripted.append(ROLLOUTS[key[0]][key[1]][r])
+        generated.append([completion_text(c) for c in completions])
+        return real(rows, scripted, **kwargs)
+
+    monkeypatch.setattr(adrpo, "groups_from_batch", shim)
+    return generated
+
+
+# ---------------------------------------------------------------------------------------------
+# hook guard
+
+
+def test_hook_guard_passes_on_installed_trl_and_fails_clearly_without_the_hook() -> None:
+    from trl import GRPOTrainer
+
+    adrpo.check_trl_hook()
+    adrpo.check_trl_hook(adrpo.ADRPOTrainer)
+
+    class NoHook(GRPOTrainer):
+        _generate_and_score_completions = None
+
+    with pytest.raises(MemforgeError, match="_generate_and_score_completions"):
+        adrpo.check_trl_hook(NoHook)
+
+    class NoAdvantages(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            return {"completion_ids": None}
+
+    with pytest.raises(MemforgeError, match="advantages"):
+        adrpo.check_trl_hook(NoAdvantages)
+
+    class WrongSignature(GRPOTrainer):
+        def _generate_and_score_completions(self, batch, extra):
+            return {"advantages": None}
+
+    with pytest.raises(MemforgeError, match="signature"):
+        adrpo.check_trl_hook(WrongSignature)
+
+
+def test_order_by_session_keeps_sessions_whole_and_drops_incomplete() -> None:
+    rows = prompt_rows()
+    shuffled = [rows[i] for i in (5, 0, 7, 2, 1, 6, 3)]  # s1 complete (0-3), s2 lacks its core row (4)
+    ordered, dropped = adrpo.order_by_session(shuffled)
+    assert dropped == 1
+    assert [r["part"] for r in ordered] == list(PARTS)
+    assert {r["session_id"] for r in ordered} == {"s1"}
+    ordered, dropped = adrpo.order_by_session(rows, seed=3)
+    assert dropped == 0 and len(ordered) == 8
+    assert [r["part"] for r in ordered] == list(PARTS) * 2
+    assert adrpo.adrpo_batch_size(2, 1) == 8 and adrpo.adrpo_batch_size(4, 2) == 32
+    with pytest.raises(MemforgeError):
+        adrpo.adrpo_batch_size(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _params(model) -> dict[str, np.ndarray]:
+    return {name: p.detach().cpu().float().numpy().copy() for name, p in model.named_parameters()}
+
+
+def test_advantage_rewrite_replaces_trl_advantages(tiny_model_dir: Path, scripted_rollouts, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    from components.llm.model_assets import load_model_folder, normalise_tokenizer
+    from components.rewards import make_judge, rewrite_advantages
+
+    cfg = adrpo_cfg(tiny_model_dir, max_steps=1)
+    model, tokenizer = load_model_folder(tiny_model_dir, "float32")
+    normalise_tokenizer(model, tokenizer)
+    tokenizer.padding_side = "left"
+    before = _params(model)
+    ordered, _ = adrpo.order_by_session(prompt_rows())  # s1 first: step 1 scores session A
+    reward = adrpo.ADRPOReward(cfg, make_judge(cfg), count_tokens, MEMORY)
+    trainer = adrpo.ADRPOTrainer(
+        model=model,
+        args=adrpo.grpo_args(cfg, tmp_path / "ckpt"),
+        train_dataset=Dataset.from_list(ordered),
+        processing_class=tokenizer,
+        adrpo_reward=reward,
+    )
+    trainer.train()
+    last = trainer.adrpo_last
+    assert reward.calls == 1 and last["scores"].judge_calls == 1  # one score_groups (one judge call) per step
+    # rows in batch order: each prompt twice in a row (G=2), session A's four parts in PARTS order
+    expected_rewards = [EXPECTED_REWARDS["c1:s1", p][r] for p in PARTS for r in range(2)]
+    np.testing.assert_allclose(last["rewards"], expected_rewards, atol=1e-12)
+    weights = [RETRIEVAL_WEIGHTS["c1:s1"][p] for p in PARTS for _ in range(2)]
+    np.testing.assert_array_equal(last["weights"], weights)
+    np.testing.assert_allclose(
+        last["advantages"], rewrite_advantages(last["rewards"], last["group_ids"], last["weights"]), atol=1e-12
+    )
+    # by hand, G=2 with rewards (a, b): mean (a+b)/2, sample std |a-b|/sqrt(2), so
+    # A' = w * (+-(a-b)/2) / (|a-b|/sqrt(2) + eps) ~= +-w/sqrt(2); e.g. semantic (1.0, 0.1), w = 4: +-2.828
+    hand = []
+    for part in PARTS:
+        a, b = EXPECTED_REWARDS["c1:s1", part]
+        w = RETRIEVAL_WEIGHTS["c1:s1"][part]
+        half = (a - b) / 2
+        hand += [w * half / (abs(a - b) * SQRT_HALF + DEFAULT_EPS), -w * half / (abs(a - b) * SQRT_HALF + DEFAULT_EPS)]
+    np.testing.assert_allclose(last["advantages"], hand, atol=1e-9)
+    np.testing.assert_allclose(last["advantages"], np.array(weights) * np.tile([1, -1], 4) * SQRT_HALF, atol=1e-3)
+    # TRL's own advantages (unweighted) differ exactly where the weight is not 1 (semantic: w = 4)
+    np.testing.assert_allclose(last["trl_advantages"], np.tile([1, -1], 4) * SQRT_HALF, atol=1e-3)
+    assert not np.allclose(last["trl_advantages"], last["advantages"])
+    np.testing.assert_allclose(list(trainer._logs["advantages"])[-8:], last["advantages"])  # completions table
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"adrpo/reward_mean", "adrpo/attribution_weight_mean_semantic", "adrpo/format_failure_rate"} <= logged
+    assert any(k.startswith("rewards/adrpo/") for k in logged)  # TRL logs the ADRPO reward function
+    after = _params(trainer.model)
+    assert any(not np.allclose(before[n], after[n]) for n in before)
+
+
+def test_train_adrpo_two_steps_logs_and_changes_parameters(
+    tiny_model_dir: Path, scripted_rollouts, tmp_path: Path
+) -> None:
+    from datasets import Dataset
+
+    from components.llm.model_assets import load_model_folder
+
+    cfg = adrpo_cfg(tiny_model_dir)
+    logs: list[tuple[dict, int]] = []
+    started = time.perf_counter()
+    outcome = adrpo.train_adrpo(
+        cfg, Dataset.from_list(prompt_rows()), tmp_path / "adrpo", MEMORY, on_log=lambda d, s: logs.append((d, s))
+    )
+    seconds = time.perf_counter() - started
+    assert outcome.steps == 2 and outcome.sessions == 2 and outcome.prompts == 8
+    assert math.isfinite(outcome.train_loss) and seconds < 60
+    assert len(scripted_rollouts) == 2 and all(len(batch) == 8 for batch in scripted_rollouts)
+    step_logs = [d for d, _ in logs if "adrpo/reward_mean" in d]
+    assert len(step_logs) == 2
+    for d in step_logs:
+        assert d["adrpo/judge_calls"] == 1.0 and d["adrpo/groups"] == 1.0
+        assert {f"adrpo/reward_mean_{p}" for p in PARTS} <= set(d)
+        assert {f"adrpo/attribution_weight_mean_{p}" for p in PARTS} <= set(d)
+        assert "adrpo/length_penalty_mean" in d and "adrpo/format_failure_rate" in d
+    assert outcome.last_stats["judge_calls"] == 1.0 and outcome.resumed_from is None
+    base, _ = load_model_folder(tiny_model_dir, "float32")
+    trained, _ = load_model_folder(tmp_path / "adrpo", "float32")
+    before, after = _params(base), _params(trained)
+    assert before.keys() == after.keys()
+    assert any(not np.allclose(before[n], after[n]) for n in before)
+    assert outcome.metrics()["steps"] == 2.0
+
+
+def test_real_tiny_model_completions_fail_the_format_gate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Unscripted: a random model's text never parses, so every reward and every ADRPO advantage is 0."""
+    from datasets import Dataset
+
+    logs: list[dict] = []
+    outcome = adrpo.train_adrpo(
+        adrpo_cfg(tiny_model_dir, max_steps=1),
+        Dataset.from_list(prompt_rows()),
+        tmp_path / "adrpo",
+        MEMORY,
+        on_log=lambda d, s: logs.append(d),
+    )
+    assert outcome.steps == 1
+    assert outcome.last_stats["format_failure_rate"] == 1.0 and outcome.last_stats["reward_mean"] == 0.0
+    assert outcome.last_stats["advantage_abs_mean"] == 0.0
+
+
+def test_checkpoint_and_resume(tiny_model_dir: Path, scripted_rollouts, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    data = Dataset.from_list(prompt_rows())
+    out = tmp_path / "adrpo"
+    first = adrpo.train_adrpo(adrpo_cfg(tiny_model_dir, max_steps=1), data, out, MEMORY, save_steps=1)
+    assert first.steps == 1 and adrpo.latest_checkpoint(out / adrpo.CHECKPOINT_DIR) is not None
+    second = adrpo.train_adrpo(adrpo_cfg(tiny_model_dir, max_steps=2), data, out, MEMORY, save_steps=1)
+    assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-1")
+    assert second.steps == 2
+    assert len(scripted_rollouts) == 2  # the resumed run generated only its one remaining step
+
+
+# ---------------------------------------------------------------------------------------------
+# the real prompts dataset (ingest -> expert -> synth_qa on a small corpus)
+
+
+def test_real_prompts_dataset_is_session_grouped_and_trains(
+    trained_inputs,  # noqa: F811
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """synth_qa's prompts: four consecutive rows per session; one step with the EXPERT's outputs as rollouts."""
+    from datasets import load_from_disk
+
+    from components.stages import synth_qa as synth_qa_stage
+
+    synth_qa_stage.synth_qa(trained_inputs)
+    prompts = load_from_disk(str(Path(trained_inputs.synth_qa.output_dir) / "prompts"))
+    rows = prompts.to_list()
+    keys = [(r["conversation_id"], r["session_id"]) for r in rows]
+    assert all(len(set(keys[i : i + 4])) == 1 for i in range(0, len(keys), 4))
+    assert all({r["part"] for r in rows[i : i + 4]} == set(PARTS) for i in range(0, len(rows), 4))
+    ordered, dropped = adrpo.order_by_session(rows)
+    assert dropped == 0 and len(ordered) == len(rows)
+
+    real = adrpo.groups_from_batch
+    monkeypatch.setattr(
+        adrpo, "groups_from_batch", lambda rs, cs, **kw: real(rs, [r["expert_output"] for r in rs], **kw)
+    )
+    outcome = adrpo.train_adrpo(
+        adrpo_cfg(tiny_model_dir, max_steps=1, max_prompt_length=4096),
+        prompts.select(range(8)),
+        tmp_path / "adrpo",
+        trained_inputs.memory,
+    )
+    assert outcome.steps == 1 and outcome.sessions == 2
+    assert outcome.last_stats["format_failure_rate"] == 0.0  # the expert's operations apply to its own banks
