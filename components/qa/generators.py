@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from components.config import SynthQAConfig, TypeMixConfig
 from components.dialogue.schema import Conversation, Session, Turn
-from components.dialogue.synthetic import SINGLE_Q
+from components.dialogue.synthetic import BEFORE_Q, SINGLE_Q
 from components.errors import ConfigError, MemforgeError
 from components.memory.parser import OperationParseError, extract_json
 from components.qa.schema import QUESTION_TYPES, QARow, QuestionType
@@ -880,17 +880,7 @@ _SINGLE_ON_DAY = {  # additive items, keyed by their (unique) date
     "appointment": "What kind of appointment does {n} have on {d}?",
     "birthday": "Whose birthday did {n} mention for {d}?",
 }
-_BEFORE = {
-    "city": "Which city did {n} live in before moving to {v}?",
-    "employer": "Where did {n} work before joining {v}?",
-    "role": "What was {n}'s job before becoming {av}?",
-    "partner": "Who was {n} dating before {v}?",
-    "favorite_food": "What was {n}'s favorite food before {v}?",
-    "hobby": "What was {n}'s hobby before {v}?",
-    "favorite_music": "What music was {n} into before {v}?",
-    "gym_day": "When did {n} go to the gym before switching to {v}?",
-    "commute": "How did {n} get to work before switching to the {v}?",
-}
+_BEFORE = BEFORE_Q  # the synthetic generator's own wording
 _BESIDES = {  # additive attributes: the one item of the same kind from an earlier session
     "pet": "Besides {v}, which pet had {n} adopted in an earlier session?",
     "friend": "Besides {v}, which new friend had {n} mentioned in an earlier session?",

@@ -68,6 +68,7 @@ from components.rewards import (
     rewrite_advantages,
     score_groups,
 )
+from components.training.callbacks import OnLog, TrainingLog, log_forwarder
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ TRL_PINNED = "1.16"
 HOOK = "_generate_and_score_completions"
 METRIC_PREFIX = "adrpo/"
 CHECKPOINT_DIR = "checkpoints"
-OnLog = Callable[[dict[str, float], int], None]
 _TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
 
 
@@ -400,30 +400,6 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def _log_callback(on_log: OnLog | None, history: list[dict[str, float]], step_seconds: list[float]) -> Any:
-    from transformers import TrainerCallback
-
-    class ForwardLogs(TrainerCallback):
-        started = 0.0
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            step_seconds.append(time.perf_counter() - self.started)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
-            numeric = {
-                k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-            if numeric:
-                history.append({"step": float(state.global_step), **numeric})
-                if on_log is not None:
-                    on_log(numeric, int(state.global_step))
-
-    return ForwardLogs()
-
-
 def train_adrpo(
     cfg: ADRPOConfig,
     prompts_dataset: Any,
@@ -473,15 +449,14 @@ def train_adrpo(
     reward = ADRPOReward(cfg, judge if judge is not None else make_judge(cfg), count_tokens, memory_config)
     out = Path(output_dir)
     checkpoints = out / CHECKPOINT_DIR
-    history: list[dict[str, float]] = []
-    step_seconds: list[float] = []
+    log = TrainingLog()
     trainer_cls = __getattr__("ADRPOTrainer")
     trainer = trainer_cls(
         model=model,
         args=grpo_args(cfg, checkpoints, sessions_per_batch=sessions_per_batch, save_steps=save_steps, seed=seed),
         train_dataset=Dataset.from_list(ordered),
         processing_class=tokenizer,
-        callbacks=[_log_callback(on_log, history, step_seconds)],
+        callbacks=[log_forwarder(on_log, log)],
         adrpo_reward=reward,
     )
     resume = latest_checkpoint(checkpoints)
@@ -493,7 +468,7 @@ def train_adrpo(
     trained.config.use_cache = True
     trained.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    adrpo_logs = [entry for entry in history if any(k.startswith(METRIC_PREFIX) for k in entry)]
+    adrpo_logs = [entry for entry in log.entries if any(k.startswith(METRIC_PREFIX) for k in entry)]
     last = {
         k[len(METRIC_PREFIX) :]: v
         for k, v in (adrpo_logs[-1] if adrpo_logs else {}).items()
@@ -509,8 +484,8 @@ def train_adrpo(
         train_loss=float(result.training_loss),
         seconds=time.perf_counter() - started,
         resumed_from=resume,
-        step_seconds=step_seconds,
-        history=history,
+        step_seconds=log.step_seconds,
+        history=log.entries,
         last_stats=last,
     )
 

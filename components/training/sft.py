@@ -30,7 +30,7 @@ import shutil
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 from components.config import SFTConfig
 from components.errors import InputError, MemforgeError, ModelLoadError
 from components.memory.types import PARTS
+from components.training.callbacks import OnLog, TrainingLog, log_forwarder
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ CUT_MARKER = "\n[... cut ...]\n"
 MIN_KEPT_TOKENS = 32  # a prompt message is never cut below this many tokens
 _CUT_SLACK_TOKENS = 4  # re-tokenisation at the cut may merge or split a few tokens
 _FIT_ATTEMPTS = 3
-OnLog = Callable[[dict[str, float], int], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,38 +274,6 @@ class SFTOutcome:
 # training
 
 
-def _log_forwarder(
-    on_log: OnLog | None, history: list[dict[str, float]], step_seconds: list[float], diverged: list[int]
-) -> Any:
-    """A ``TrainerCallback`` that hands every numeric log to ``on_log(logs, step)``, times each step, and records
-    the steps whose loss or gradient norm is not finite."""
-    from transformers import TrainerCallback
-
-    class ForwardLogs(TrainerCallback):
-        started = 0.0
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            step_seconds.append(time.perf_counter() - self.started)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
-            numeric = {
-                key: float(value)
-                for key, value in (logs or {}).items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool)
-            }
-            if "loss" in numeric:
-                history.append({"step": int(state.global_step), "loss": numeric["loss"]})
-            if any(not math.isfinite(numeric[key]) for key in ("loss", "grad_norm") if key in numeric):
-                diverged.append(int(state.global_step))
-            if on_log is not None and numeric:
-                on_log(numeric, int(state.global_step))
-
-    return ForwardLogs()
-
-
 def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
     """``trl.SFTConfig`` for ``cfg``: completion-only loss, no checkpoints, no reporters, CPU when no CUDA."""
     import torch
@@ -424,9 +392,7 @@ def train_sft(
     from datasets import Dataset
 
     train_dataset = Dataset.from_list(fitted)
-    history: list[dict[str, float]] = []
-    step_seconds: list[float] = []
-    diverged: list[int] = []
+    log = TrainingLog()
     tokens: list[float] = []
 
     def forward(logs: dict[str, float], step: int) -> None:
@@ -437,9 +403,7 @@ def train_sft(
 
     with atomic_directory(out) as staging:
         scratch = staging / ".trainer"
-        trainer = build_sft_trainer(
-            cfg, train_dataset, model, tokenizer, scratch, [_log_forwarder(forward, history, step_seconds, diverged)]
-        )
+        trainer = build_sft_trainer(cfg, train_dataset, model, tokenizer, scratch, [log_forwarder(forward, log)])
         if len(trainer.train_dataset) == 0:
             raise MemforgeError(
                 f"no SFT example fits sft.max_length={cfg.max_length} tokens with a completion token left "
@@ -447,8 +411,8 @@ def train_sft(
             )
         trainable, _ = _count_params(trainer.model)
         result = trainer.train()
-        if diverged or not math.isfinite(result.training_loss):
-            where = f"at step {diverged[0]}" if diverged else "on average"
+        if log.diverged or not math.isfinite(result.training_loss):
+            where = f"at step {log.diverged[0]}" if log.diverged else "on average"
             raise MemforgeError(
                 f"sft: training diverged (loss or gradient norm not finite {where}); lower sft.learning_rate "
                 f"(now {cfg.learning_rate}) "
@@ -474,12 +438,12 @@ def train_sft(
             steps=int(trainer.state.global_step),
             epochs=float(trainer.state.epoch or 0.0),
             train_loss=float(result.training_loss),
-            final_loss=history[-1]["loss"] if history else float("nan"),
-            loss_history=history,
+            final_loss=log.loss_history()[-1]["loss"] if log.loss_history() else float("nan"),
+            loss_history=log.loss_history(),
             trainable_params=trainable,
             total_params=total,
             seconds=0.0,
-            step_seconds=step_seconds,
+            step_seconds=log.step_seconds,
             tokens=tokens[-1] if tokens else 0.0,
             device=str(trainer.args.device),
             saved_dtype=saved_dtype,
