@@ -22,6 +22,10 @@ STAGES: dict[str, str] = {
     "expert": "components.stages.expert",
     "synth_qa": "components.stages.synth_qa",
     "sft": "components.stages.sft",
+    "adrpo": "components.stages.adrpo",
+    "longcontext_data": "components.stages.longcontext_data",
+    "memagent_train": "components.stages.memagent_train",
+    "eval_longcontext": "components.stages.eval_longcontext",
 }
 
 
@@ -135,6 +139,28 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_read(args: argparse.Namespace) -> int:
+    """Read a file of any length with the MemAgent reader and answer a question from its memory."""
+    from components.agent.reader import read_file
+
+    params = load_params(args.params, _overrides(args.set))
+    model = args.model or params.memagent.eval.model_name_or_path
+
+    def trace(step: Any) -> None:
+        if args.show_memory and step.kind == "update":
+            print(f"--- memory after chunk {step.step} ({step.memory_tokens} tokens)\n{step.memory}", file=sys.stderr)
+
+    result = read_file(args.question, args.file, model, params.memagent.reader, on_step=trace)
+    summary = {
+        "answer": result.boxed if result.boxed is not None else result.answer,
+        "chunks": result.chunks,
+        "input_tokens": result.input_tokens,
+        "seconds": round(result.seconds, 2),
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a local model behind an OpenAI-compatible endpoint."""
     from components.llm.server import serve
@@ -176,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, default=None, help="where to save the memory (JSON)")
     build.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     build.set_defaults(func=cmd_memory_build)
+
+    read = sub.add_parser("read", help="read a file of any length chunk by chunk (MemAgent) and answer a question")
+    read.add_argument("--question", required=True, help="the question to answer from the file")
+    read.add_argument("--file", required=True, type=Path, help="a UTF-8 text file, streamed")
+    read.add_argument("--model", default="", help="model folder or hub id (default: memagent.eval.model_name_or_path)")
+    read.add_argument("--show-memory", action="store_true", help="print the memory after every chunk (stderr)")
+    read.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    read.set_defaults(func=cmd_read)
 
     serve = sub.add_parser("serve", help="serve a local model behind an OpenAI-compatible endpoint")
     serve.add_argument("--model", default="models/base")

@@ -285,6 +285,9 @@ class ADRPOConfig:
     learning_rate: float = _f(1e-6, "Learning rate.")
     beta: float = _f(0.0, "KL coefficient.")
     epsilon: float = _f(0.2, "PPO clip range.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
+        "dapo", "TRL's loss normalisation: dapo = over all completion tokens of the step (TRL's default)."
+    )
     length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty).")
     core_penalty_tokens: tuple[int, ...] = _f(
         (150, 400), "Core length penalty: 0 below the first token count, 1 above the second, linear between."
@@ -368,12 +371,20 @@ class MemAgentTrainConfig:
     learning_rate: float = _f(1e-6, "Learning rate.")
     beta: float = _f(1e-3, "KL coefficient.")
     epsilon: float = _f(0.2, "PPO clip range.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
+        "dapo", "TRL's loss normalisation: dapo = over all completion tokens of the step (TRL's default)."
+    )
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
     max_steps: int = _f(2, "Optimizer steps.")
     save_steps: int = _f(1, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
     seed: int = _f(42, "Training seed.")
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
+    vllm_mode: Literal["colocate", "server"] = _f(
+        "colocate", "vLLM beside the trainer on its GPU (colocate) or a running `trl vllm-serve` (server)."
+    )
+    vllm_server_base_url: str = _f("", "Base URL of `trl vllm-serve` for vllm_mode 'server', e.g. http://host:8000.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode.")
     bf16: bool = _f(False, "bf16 training (GPU).")
     log_trajectories: int = _f(4, "Sampled trajectories logged to MLflow as a table.")
     checkpoint_dir: str = _f("checkpoints/memagent", "Trainer checkpoints (a DVC persist output: kept for resume).")

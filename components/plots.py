@@ -39,3 +39,33 @@ def horizontal_bars(
 
 def close(figure: Any) -> None:
     _pyplot().close(figure)
+
+
+def line_chart(
+    panels: Mapping[str, Mapping[str, list[tuple[float, float]]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_x: bool = False,
+    ylim: tuple[float, float] | None = None,
+) -> Any:
+    """One line chart per panel (``{panel title: {series name: [(x, y), ...]}}``), side by side."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (panel_title, series) in zip(axes[0], panels.items(), strict=True):
+        for name, points in series.items():
+            ordered = sorted(points)
+            axis.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o", markersize=4, label=name)
+        if log_x:
+            axis.set_xscale("log")
+        if ylim is not None:
+            axis.set_ylim(*ylim)
+        axis.set_title(panel_title)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -58,3 +58,22 @@ def test_synth_writes_a_loadable_corpus(tmp_path: Path) -> None:
     assert main(["synth", "--out", str(out), "--conversations", "5", "--seed", "3"]) == 0
     items = list(load_jsonl(out))
     assert len(items) == 5 and items[0].conversation.conversation_id.startswith("syn-3-")
+
+
+def test_read_answers_from_a_long_file_in_chunks(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("The meeting moved to Tuesday.\n\n" * 60, encoding="utf-8")
+    args = ["read", "--question", "When is the meeting?", "--file", str(text), "--model", str(tiny_model_dir)]
+    settings = ["-S", "memagent.reader.chunk_tokens=64", "-S", "memagent.reader.memory_tokens=8"]
+    assert main([*args, *settings, "-S", "memagent.reader.answer_tokens=4", "--show-memory"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["chunks"] > 1 and summary["input_tokens"] > 64 * (summary["chunks"] - 1)
+    assert captured.err.count("--- memory after chunk") == summary["chunks"]
+
+
+def test_read_rejects_non_utf8_naming_the_file(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text\n\xff\xfe broken")
+    assert main(["read", "--question", "q?", "--file", str(bad), "--model", str(tiny_model_dir)]) == 2
+    assert str(bad) in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Evaluation reports: per-question rows in, tables, DVC plot files and figures out."""

@@ -1,0 +1,226 @@
+"""eval_longcontext stage: accuracy against input length, the MemAgent reader vs the same model reading it whole.
+
+For ``memagent.eval.model_name_or_path`` and every sample of the configured sets in ``longcontext.output_dir``
+(``hotpotqa`` -> ``hotpotqa_eval.jsonl``, ``needle`` -> ``needle_eval.jsonl``):
+
+- ``memagent``: the reader (``memagent.reader``) streams the input chunk by chunk into its fixed-size memory and
+  answers from the memory alone;
+- ``full_context`` (``memagent.eval.baseline``): the same model answers from the input truncated to its window
+  (``baseline_context_tokens``, or ``model.max_context_tokens``); a longer input loses its middle (the first and
+  last halves of the budget are kept, as in LongBench-style baselines).
+
+Each answer is scored by ``components.longcontext.answers.score_sample``: substring exact match (MemAgent's
+metric), EM and F1 against the alternatives; for needle tasks ``correct`` needs every required value. Samples are
+read one (task, length) group at a time, so questions read side by side have inputs of one size.
+
+Outputs: ``eval.rows_path`` (one JSON line per sample and method), ``eval.report_path`` (DVC metrics:
+``{method: {task: {length: scores}}}`` plus each method's mean), and, beside it, one DVC plot table per task family,
+``eval_longcontext_<family>.json`` (``[{length, input_tokens, memagent, full_context}]``). MLflow gets the
+scores as metrics, the summary and per-question tables, the accuracy-vs-length figure and the report files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import Params, to_dict
+from components.errors import ConfigError, InputError
+from components.evaluation.longcontext import EvalRow, headline, plot_rows, summarise, task_family
+from components.longcontext.schema import LongContextSample
+
+logger = logging.getLogger(__name__)
+
+SET_FILES = {"hotpotqa": "hotpotqa_eval.jsonl", "needle": "needle_eval.jsonl"}
+PLOT_FAMILIES = ("hotpotqa", "needle")
+TABLE_ROWS = 200  # per-question rows logged to MLflow as a table (the full file is an artifact)
+
+
+@dataclass(frozen=True)
+class EvalLongContextResult:
+    """What the stage measured; ``metrics()`` is what the CLI prints."""
+
+    rows: list[EvalRow]
+    summary: list[dict[str, Any]]
+    report: dict[str, Any]
+
+    def metrics(self) -> dict[str, Any]:
+        return {"samples": len({r.sample_id for r in self.rows}), "answers": len(self.rows), **self.report["mean"]}
+
+
+def set_paths(params: Params) -> list[Path]:
+    """The evaluation files of ``memagent.eval.tasks``; unknown set names are a config error."""
+    unknown = sorted(set(params.memagent.eval.tasks) - set(SET_FILES))
+    if unknown:
+        raise ConfigError(f"memagent.eval.tasks: unknown set(s) {unknown}; choose from {sorted(SET_FILES)}")
+    return [Path(params.longcontext.output_dir) / SET_FILES[name] for name in params.memagent.eval.tasks]
+
+
+def plot_path(params: Params, family: str) -> Path:
+    """``reports/eval_longcontext_<family>.json``: beside ``memagent.eval.report_path``."""
+    report = Path(params.memagent.eval.report_path)
+    return report.parent / f"{report.stem}_{family}.json"
+
+
+def load_eval_samples(paths: Sequence[Path], max_samples: int = 0) -> list[LongContextSample]:
+    """Every sample of ``paths``, at most ``max_samples`` per (task, length) when set; a missing file is an error."""
+    from components.longcontext.schema import iter_samples
+
+    samples: list[LongContextSample] = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(path, "evaluation set not found; run the longcontext_data stage")
+        samples.extend(iter_samples(path))
+    if max_samples > 0:
+        kept: dict[tuple[str, int], int] = {}
+        capped = []
+        for sample in samples:
+            key = (sample.task, sample_length(sample))
+            if kept.get(key, 0) < max_samples:
+                kept[key] = kept.get(key, 0) + 1
+                capped.append(sample)
+        samples = capped
+    if not samples:
+        raise InputError(", ".join(map(str, paths)), "no evaluation samples")
+    return samples
+
+
+def sample_length(sample: LongContextSample) -> int:
+    """The length a sample is tabled under: documents for HotpotQA, the target tokens for needle haystacks."""
+    return sample.target_tokens if sample.is_haystack else sample.length_docs
+
+
+def groups(samples: Sequence[LongContextSample]) -> Iterator[tuple[tuple[str, int], list[LongContextSample]]]:
+    """Samples by (task, length), in sorted order."""
+    key = lambda s: (s.task, sample_length(s))  # noqa: E731
+    for group_key, members in itertools.groupby(sorted(samples, key=key), key=key):
+        yield group_key, list(members)
+
+
+def eval_row(sample: LongContextSample, method: str, answer: str, input_tokens: int, truncated: bool) -> EvalRow:
+    """Score one answer to one sample."""
+    from components.longcontext.answers import score_sample
+
+    scores = score_sample(answer, sample)
+    return EvalRow(
+        sample_id=sample.id,
+        task=sample.task,
+        length=sample_length(sample),
+        input_tokens=input_tokens,
+        method=method,
+        question=sample.question,
+        answers=tuple(sample.required_answers or sample.answers),
+        prediction=answer,
+        correct=scores["correct"],
+        sub_em=scores["sub_em"],
+        em=scores["em"],
+        f1=scores["f1"],
+        boxed=scores["boxed"],
+        truncated=truncated,
+    )
+
+
+def nested_report(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``{method: {task: {length: scores}}}`` plus ``mean`` (each method's mean headline score over its cells)."""
+    report: dict[str, Any] = {}
+    for entry in summary:
+        scores = {k: v for k, v in entry.items() if k not in ("task", "method", "length")}
+        report.setdefault(entry["method"], {}).setdefault(entry["task"], {})[str(entry["length"])] = scores
+    flat = headline(summary)
+    report["mean"] = {k: v for k, v in flat.items() if "/mean_" in k}
+    return report
+
+
+def baseline_request(
+    sample: LongContextSample,
+    store: Any,
+    backend: Any,
+    reader: Any,
+    window: int,
+    encode: Any,
+    decode: Any,
+) -> tuple[Any, bool]:
+    """The full-context baseline's input: the whole text when it fits the window, else its middle cut out
+    (``context_text``: the first and last halves of the budget kept); True when cut."""
+    from components.agent.reader import ReadRequest, context_budget
+    from components.longcontext.store import context_text
+
+    budget = context_budget(backend, sample.question, window, reader.answer_tokens, encode)
+    if budget < 1:
+        raise ConfigError(f"memagent.eval: a window of {window} tokens leaves no room for the input of {sample.id}")
+    cut = sample.length_tokens > budget
+    text = context_text(sample, store, budget, encode=encode, decode=decode) if cut else context_text(sample, store)
+    return ReadRequest(sample.id, sample.question, [text]), cut
+
+
+def evaluate(params: Params, samples: Sequence[LongContextSample]) -> list[EvalRow]:
+    """Answer every sample with the reader (and the full-context baseline when configured); scored rows."""
+    from components.agent.reader import ReadRequest, build_reader_backend, full_context_answer, read
+    from components.longcontext.store import LongContextStore, iter_context
+
+    cfg = params.memagent
+    window = cfg.eval.baseline_context_tokens or params.model.max_context_tokens
+    rows: list[EvalRow] = []
+    backend, encode, decode = build_reader_backend(cfg.eval.model_name_or_path, cfg.reader)
+    try:
+        with LongContextStore.open(params.longcontext.output_dir) as store:
+            for (task, length), members in groups(samples):
+                logger.info("eval_longcontext: %s at length %d: %d sample(s)", task, length, len(members))
+
+                requests = [ReadRequest(s.id, s.question, iter_context(s, store)) for s in members]
+                for sample, result in zip(members, read(requests, backend, cfg.reader, encode, decode), strict=True):
+                    rows.append(eval_row(sample, "memagent", result.answer, result.input_tokens, False))
+                if cfg.eval.baseline:
+                    shown = [baseline_request(s, store, backend, cfg.reader, window, encode, decode) for s in members]
+                    answers = full_context_answer([r for r, _ in shown], backend, cfg.reader, encode, decode, window)
+                    for sample, (_, cut), answer in zip(members, shown, answers, strict=True):
+                        truncated = cut or answer.truncated
+                        rows.append(eval_row(sample, "full_context", answer.answer, sample.length_tokens, truncated))
+    finally:
+        backend.close()
+    return rows
+
+
+def run(params: Params) -> EvalLongContextResult:
+    """The DVC stage entry: evaluate under an MLflow run, then write the rows, the report and the plot tables."""
+    from components.evaluation.longcontext import accuracy_figure
+    from components.io import atomic_writer, dumps_jsonl_record, write_json_atomic
+    from components.plots import close
+    from components.tracking import stage_run
+
+    cfg = params.memagent
+    paths = set_paths(params)
+    section = {"memagent": {"reader": to_dict(cfg.reader), "eval": to_dict(cfg.eval)}}
+    with stage_run("eval_longcontext", params.tracking, params_section=section) as tracked:
+        samples = load_eval_samples(paths, cfg.eval.max_samples)
+        for path in paths:
+            tracked.log_input_dataset(path, name=f"longcontext-{path.stem}", context="evaluation")
+        if Path(cfg.eval.model_name_or_path).is_dir():
+            tracked.log_input_dataset(cfg.eval.model_name_or_path, name="model", context="model")
+        rows = evaluate(params, samples)
+        summary = summarise(rows)
+        report = nested_report(summary)
+
+        with atomic_writer(cfg.eval.rows_path) as handle:
+            for row in rows:
+                handle.write(dumps_jsonl_record(row.to_dict()))
+        write_json_atomic(cfg.eval.report_path, report)
+        tables = plot_rows(summary)
+        for family in PLOT_FAMILIES:
+            write_json_atomic(plot_path(params, family), tables.get(family, []))
+
+        tracked.log_metrics(headline(summary))
+        tracked.log_table(summary, "eval_longcontext/summary.json")
+        tracked.log_table([r.to_dict() for r in rows[:TABLE_ROWS]], "eval_longcontext/answers.json")
+        for path in (cfg.eval.report_path, cfg.eval.rows_path, *(plot_path(params, f) for f in PLOT_FAMILIES)):
+            tracked.log_artifact(path, "eval_longcontext")
+        figure = accuracy_figure(summary)
+        tracked.log_figure(figure, "eval_longcontext/accuracy_vs_length.png")
+        close(figure)
+        families = sorted({task_family(r.task) for r in rows})
+        logger.info("eval_longcontext: %d answers over %s; %s", len(rows), families, report["mean"])
+    return EvalLongContextResult(rows=rows, summary=summary, report=report)

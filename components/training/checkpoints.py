@@ -1,0 +1,73 @@
+"""Checkpoints that resume only the run they belong to.
+
+DVC keeps a training stage's checkpoint folder between runs (``persist: true``), so a killed run resumes from its
+last checkpoint. A checkpoint written under other settings or other inputs must not be resumed: the folder holds a
+fingerprint (``memforge_run.json``: the training params that shape the run plus digests of its inputs), and
+``claim_checkpoint_dir`` clears the folder when the fingerprint differs. Settings that only extend or observe a run
+(``max_steps``, ``save_steps``, logging, output paths) are left out, so raising ``max_steps`` continues training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from components.io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "memforge_run.json"
+NOT_SHAPING = frozenset(
+    {"max_steps", "save_steps", "log_completions", "log_trajectories", "checkpoint_dir", "output_dir", "report_path"}
+)
+
+
+def input_digest(path: str | Path) -> str:
+    """A digest of a file or folder as it is now (DVC's md5 scheme; never the possibly stale ``dvc.lock``)."""
+    from components.tracking.runs import dvc_digest
+
+    return dvc_digest(path, lock_file=Path(path) / ".no-lock")
+
+
+def run_fingerprint(section: Mapping[str, Any], inputs: Iterable[str | Path]) -> dict[str, Any]:
+    """The params that shape a run (``section`` without ``NOT_SHAPING`` keys) and the digests of its inputs."""
+    params = {k: v for k, v in sorted(section.items()) if k not in NOT_SHAPING}
+    return {"params": params, "inputs": {str(p): input_digest(p) for p in inputs}}
+
+
+def claim_checkpoint_dir(folder: str | Path, fingerprint: Mapping[str, Any]) -> bool:
+    """Make ``folder`` this run's checkpoint folder; True when its existing checkpoints may be resumed.
+
+    Checkpoints from a run with another fingerprint (or none) are deleted, with a warning naming what changed.
+    """
+    path = Path(folder)
+    marker = path / FINGERPRINT_FILE
+    wanted = json.loads(json.dumps(fingerprint, default=str))
+    if path.is_dir() and any(path.iterdir()):
+        try:
+            found = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if found == wanted:
+            return True
+        logger.warning("%s: checkpoints of another run (%s); starting afresh", path, _difference(found, wanted))
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, wanted)
+    return False
+
+
+def _difference(found: Any, wanted: Mapping[str, Any]) -> str:
+    if not isinstance(found, Mapping):
+        return f"no readable {FINGERPRINT_FILE}"
+    changed = [
+        f"{part}.{key}"
+        for part in ("params", "inputs")
+        for key in sorted(set(found.get(part, {})) | set(wanted.get(part, {})))
+        if found.get(part, {}).get(key) != wanted.get(part, {}).get(key)
+    ]
+    return "changed: " + ", ".join(changed) if changed else "different fingerprint"

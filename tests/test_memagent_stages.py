@@ -1,0 +1,145 @@
+"""memagent_train and eval_longcontext as DVC runs them: real sets, the tiny model, SQLite MLflow.
+
+The tiny random model answers nothing right, so these tests check the plumbing and the reports (files, MLflow
+metrics, tables, figures, checkpoints and their fingerprint), not accuracy; the reward and advantage arithmetic is
+covered in ``test_memagent_train`` and the scores in ``test_eval_longcontext_report``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components.config import (
+    EvalLongContextConfig,
+    LongContextConfig,
+    MemAgentConfig,
+    MemAgentTrainConfig,
+    ModelConfig,
+    Params,
+    ReaderConfig,
+)
+from components.errors import InputError
+from components.tracking import resolve_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def stage_params(root: Path, model_dir: Path, tracking_config, **eval_overrides) -> Params:
+    longcontext = LongContextConfig(
+        eval_questions=2,
+        eval_lengths_docs=(3, 6),
+        train_questions=2,
+        train_docs=3,
+        needle_tasks=("single", "multivalue"),
+        needle_lengths_tokens=(512,),
+        needle_samples=1,
+        length_tolerance=0.2,
+        output_dir=str(root / "data/longcontext"),
+        report_path=str(root / "reports/longcontext_data.json"),
+    )
+    memagent = MemAgentConfig(
+        reader=ReaderConfig(chunk_tokens=256, memory_tokens=12, answer_tokens=8, batch_size=8),
+        train=MemAgentTrainConfig(
+            model_name_or_path=str(model_dir),
+            max_steps=2,
+            save_steps=1,
+            learning_rate=5e-3,
+            checkpoint_dir=str(root / "checkpoints/memagent"),
+            output_dir=str(root / "models/memagent"),
+            report_path=str(root / "reports/memagent_train.json"),
+        ),
+        eval=EvalLongContextConfig(
+            model_name_or_path=str(root / "models/memagent"),
+            baseline_context_tokens=300,
+            report_path=str(root / "reports/eval_longcontext.json"),
+            rows_path=str(root / "reports/eval_longcontext_rows.jsonl"),
+            **eval_overrides,
+        ),
+    )
+    model = ModelConfig(output_dir=str(model_dir))
+    return Params(model=model, longcontext=longcontext, memagent=memagent, tracking=tracking_config)
+
+
+def stage_runs(tracking_config, stage: str) -> list:
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
+    experiment = client.get_experiment_by_name(tracking_config.experiment)
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`memforge.stage` = '{stage}'")
+
+
+def test_train_then_evaluate_writes_models_reports_and_mlflow(
+    tmp_path: Path, tiny_model_dir: Path, tracking_config
+) -> None:
+    from components.stages import eval_longcontext, longcontext_data, memagent_train
+    from components.training.checkpoints import FINGERPRINT_FILE
+
+    params = stage_params(tmp_path, tiny_model_dir, tracking_config)
+    longcontext_data.run(params)
+
+    outcome = memagent_train.run(params)
+    assert outcome.steps == 2 and outcome.questions == 2
+    assert (tmp_path / "models/memagent/config.json").is_file()
+    checkpoints = {p.name for p in (tmp_path / "checkpoints/memagent").iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", FINGERPRINT_FILE} <= checkpoints
+    assert not any(p.name.startswith("checkpoint") for p in (tmp_path / "models/memagent").iterdir())
+    report = json.loads((tmp_path / "reports/memagent_train.json").read_text(encoding="utf-8"))
+    assert report["steps"] == 2.0 and "final_reward_mean" in report
+    curve = json.loads((tmp_path / "reports/memagent_reward.json").read_text(encoding="utf-8"))
+    assert [p["step"] for p in curve] == [1, 2] and all(0 <= p["reward"] <= 1 for p in curve)
+    (train_run,) = stage_runs(tracking_config, "memagent_train")
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
+    history = client.get_metric_history(train_run.info.run_id, "memagent/conversations_per_trajectory")
+    assert [m.step for m in history] == [1, 2] and all(m.value >= 2 for m in history)
+    artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "memagent_train")}
+    assert {"memagent_train/reward_curve.png", "memagent_train/trajectories.json"} <= artifacts
+
+    result = eval_longcontext.run(params)
+    rows = [json.loads(line) for line in (tmp_path / "reports/eval_longcontext_rows.jsonl").open(encoding="utf-8")]
+    # 2 questions x 2 lengths + 2 needle tasks x 1 length, each answered by the reader and the baseline
+    assert len(rows) == 2 * (2 * 2 + 2) == len(result.rows)
+    assert {r["method"] for r in rows} == {"memagent", "full_context"}
+    assert all(r["truncated"] for r in rows if r["method"] == "full_context" and r["input_tokens"] > 300)
+    report = json.loads((tmp_path / "reports/eval_longcontext.json").read_text(encoding="utf-8"))
+    assert set(report["memagent"]) == {"hotpotqa", "needle_single", "needle_multivalue"}
+    assert set(report["memagent"]["hotpotqa"]) == {"3", "6"}
+    assert {"memagent/mean_correct", "full_context/mean_correct"} == set(report["mean"])
+    hotpot_plot = json.loads((tmp_path / "reports/eval_longcontext_hotpotqa.json").read_text(encoding="utf-8"))
+    assert [p["length"] for p in hotpot_plot] == [3, 6] and {"memagent", "full_context"} <= set(hotpot_plot[0])
+    assert hotpot_plot[0]["input_tokens"] < hotpot_plot[1]["input_tokens"]
+    (eval_run,) = stage_runs(tracking_config, "eval_longcontext")
+    assert eval_run.data.metrics["memagent/hotpotqa/6/sub_em"] == report["memagent"]["hotpotqa"]["6"]["sub_em"]
+    artifacts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "eval_longcontext")}
+    assert "eval_longcontext/accuracy_vs_length.png" in artifacts and "eval_longcontext/summary.json" in artifacts
+
+
+def test_changed_settings_start_training_afresh(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:
+    from dataclasses import replace
+
+    from components.stages import longcontext_data, memagent_train
+
+    params = stage_params(tmp_path, tiny_model_dir, tracking_config)
+    longcontext_data.run(params)
+    one_step = replace(params.memagent.train, max_steps=1)
+    first = memagent_train.run(replace(params, memagent=replace(params.memagent, train=one_step)))
+    assert first.resumed_from is None and first.steps == 1
+    # more steps, same run: resumes from checkpoint-1
+    second = memagent_train.run(params)
+    assert second.resumed_from and second.resumed_from.endswith("checkpoint-1") and second.steps == 2
+    # another learning rate is another run: the old checkpoints are cleared, training starts at step 0
+    other = replace(params.memagent.train, learning_rate=1e-3)
+    third = memagent_train.run(replace(params, memagent=replace(params.memagent, train=other)))
+    assert third.resumed_from is None and third.steps == 2
+
+
+def test_missing_sets_are_clear_errors(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:
+    from components.stages import eval_longcontext, memagent_train
+
+    params = stage_params(tmp_path, tiny_model_dir, tracking_config)
+    with pytest.raises(InputError, match=r"hotpotqa_train\.jsonl: training set not found"):
+        memagent_train.run(params)
+    with pytest.raises(InputError, match=r"hotpotqa_eval\.jsonl: evaluation set not found"):
+        eval_longcontext.run(params)
+    assert [r.info.status for r in stage_runs(tracking_config, "memagent_train")] == ["FAILED"]
