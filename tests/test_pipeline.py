@@ -13,10 +13,16 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import (
+    ADRPOConfig,
+    EvalLongContextConfig,
     IngestConfig,
+    LongContextConfig,
+    MemAgentConfig,
+    MemAgentTrainConfig,
     MemoryConfig,
     ModelConfig,
     Params,
+    ReaderConfig,
     SFTConfig,
     SourceConfig,
     SyntheticConfig,
@@ -26,6 +32,10 @@ from components.config import (
 from tests.conftest import REPO_ROOT, git_init
 
 pytestmark = pytest.mark.slow
+
+ALL_STAGES = Params().pipeline.stages
+# what a new dialogue split changes: the MemBuilder chain; the long-context chain does not read dialogues
+DIALOGUE_CHAIN = ("ingest", "expert", "synth_qa", "sft", "adrpo")
 
 
 def _env() -> dict[str, str]:
@@ -56,6 +66,22 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
         # a corpus this small cannot hold the 50/30/20 mix; its eval split is the injection-only conversation
         synth_qa=SynthQAConfig(mix_tolerance=0.5, max_uncovered_fraction=0.5, splits=("sft", "rl")),
         sft=SFTConfig(max_steps=2, max_length=256),
+        adrpo=ADRPOConfig(max_steps=1, max_completion_length=8, save_steps=1),
+        longcontext=LongContextConfig(
+            eval_questions=1,
+            eval_lengths_docs=(3,),
+            train_questions=1,
+            train_docs=3,
+            needle_tasks=("single",),
+            needle_lengths_tokens=(256,),
+            needle_samples=1,
+            length_tolerance=0.3,
+        ),
+        memagent=MemAgentConfig(
+            reader=ReaderConfig(chunk_tokens=256, memory_tokens=8, answer_tokens=4),
+            train=MemAgentTrainConfig(max_steps=1, save_steps=1),
+            eval=EvalLongContextConfig(baseline_context_tokens=300),
+        ),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
     (repo / ".gitignore").write_text("/.mlflow/\n", encoding="utf-8")
@@ -78,7 +104,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     dvc = str(Path(sys.executable).parent / "dvc")
     first = _run([dvc, "repro"], repo)
-    for stage in ("prepare_model", "ingest", "expert", "synth_qa", "sft"):
+    for stage in ALL_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "models/base/config.json").is_file()
     assert (repo / "models/base/memforge_model.json").is_file()
@@ -91,22 +117,27 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert json.loads((repo / "reports/expert.json").read_text())["sessions"] > 0
     assert json.loads((repo / "reports/synth_qa.json").read_text())["rl_prompts"] > 0
     assert (repo / "models/sft/config.json").is_file()
+    assert (repo / "models/adrpo/config.json").is_file() and (repo / "checkpoints/adrpo/checkpoint-1").is_dir()
+    assert (repo / "models/memagent/config.json").is_file()
+    assert json.loads((repo / "reports/eval_longcontext.json").read_text())["mean"]
+    plots = _run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], repo).stdout
+    assert "reports/eval_longcontext_hotpotqa.json" in plots and "reports/adrpo_reward.json" in plots
 
     second = _run([dvc, "repro"], repo)
-    all_stages = ("prepare_model", "ingest", "expert", "synth_qa", "sft")
-    assert all(_skipped(second.stdout, s) for s in all_stages), second.stdout
+    assert all(_skipped(second.stdout, s) for s in ALL_STAGES), second.stdout
 
     params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
     (repo / "params.yaml").write_text(params)
     third = _run([dvc, "repro"], repo)
     assert _skipped(third.stdout, "prepare_model")
-    assert "Running stage 'ingest'" in third.stdout
+    for stage in ALL_STAGES:
+        assert (f"Running stage '{stage}'" in third.stdout) == (stage in DIALOGUE_CHAIN), stage
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     stages = sorted(r.data.tags["memforge.stage"] for r in runs)
-    # the new split changes the training conversations, so expert reruns too
-    assert stages == ["expert", "expert", "ingest", "ingest", "prepare_model", "sft", "sft", "synth_qa", "synth_qa"]
+    # the new split changes the training conversations, so the MemBuilder chain reruns
+    assert stages == sorted([*ALL_STAGES, *DIALOGUE_CHAIN])
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -117,7 +148,7 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
 
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     summary = memforge_pipeline(repo_dir=str(repo))
-    assert [s["stage"] for s in summary["stages"]] == ["prepare_model", "ingest", "expert", "synth_qa", "sft"]
+    assert [s["stage"] for s in summary["stages"]] == list(ALL_STAGES)
     assert not any(s["skipped"] for s in summary["stages"])
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
@@ -127,26 +158,14 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["memforge.stage"] for c in children) == [
-        "expert",
-        "ingest",
-        "prepare_model",
-        "sft",
-        "synth_qa",
-    ]
+    assert sorted(c.data.tags["memforge.stage"] for c in children) == sorted(ALL_STAGES)
 
     again = memforge_pipeline(repo_dir=str(repo))
     assert all(s["skipped"] for s in again["stages"])
 
     # a parameter set from the UI is validated and then changes exactly the stages that use it
     rerun = memforge_pipeline(repo_dir=str(repo), params_overrides={"ingest.splits.seed": 5})
-    assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {
-        "prepare_model": True,
-        "ingest": False,
-        "expert": False,
-        "synth_qa": False,
-        "sft": False,
-    }
+    assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {s: s not in DIALOGUE_CHAIN for s in ALL_STAGES}
     assert "seed: 5" in (repo / "params.yaml").read_text()
 
 

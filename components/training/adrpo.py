@@ -36,17 +36,31 @@ session, with their G completions each, must be in one generation batch (per pro
   ``4 * sessions_per_batch`` prompts, i.e. whole sessions. A batch that splits a session fails loudly in
   ``groups_from_batch``.
 
+Checkpoints, resume, outputs
+----------------------------
+``train_adrpo`` reads every setting from ``ADRPOConfig`` (``sessions_per_batch``, ``save_steps``, ``seed``, vLLM).
+Checkpoints (optimizer and RNG state included; the latest one only) go to ``cfg.checkpoint_dir``, apart from the
+model folder, with ``memforge_resume.json`` recording the settings and prompts they belong to; a rerun resumes
+from the latest checkpoint when that record matches (after a kill) and starts afresh otherwise. The trained model
+replaces ``output_dir`` atomically, with a ``memforge_model.json`` card. The trainer keeps the last step's
+completions (``completion_rows``: session, part, rollout, text, reward and its factors) for an MLflow table.
+
 Heavy imports (torch, transformers, trl, datasets) happen inside functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import hashlib
 import inspect
+import json
 import logging
 import math
 import os
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,13 +70,14 @@ from typing import Any
 import numpy as np
 
 from components.config import ADRPOConfig, MemoryConfig
-from components.errors import MemforgeError
+from components.errors import MemforgeError, ModelLoadError
 from components.memory.types import PARTS
 from components.rewards import (
     BatchLayout,
     GroupScores,
     Judge,
     RewardBatch,
+    completion_text,
     groups_from_batch,
     make_judge,
     rewrite_advantages,
@@ -75,7 +90,7 @@ logger = logging.getLogger(__name__)
 TRL_PINNED = "1.16"
 HOOK = "_generate_and_score_completions"
 METRIC_PREFIX = "adrpo/"
-CHECKPOINT_DIR = "checkpoints"
+RESUME_FILE = "memforge_resume.json"  # in the checkpoint dir: what its checkpoints were trained with
 _TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
 
 
@@ -170,15 +185,20 @@ def order_by_session(rows: Sequence[Mapping[str, Any]], seed: int | None = None)
 
 @dataclass
 class ScoredBatch:
-    """One generation batch's ADRPO scores, aligned with the process's completions."""
+    """One generation batch's ADRPO scores, aligned with the process's completions (``texts``, batch order)."""
 
     scores: GroupScores
     layout: BatchLayout
     batch: RewardBatch
+    texts: list[str] = field(default_factory=list)
 
 
 class ADRPOReward:
-    """TRL reward function: ADRPO rewards for a batch of ``prompts``-dataset rows; keeps the scores for the trainer."""
+    """TRL reward function: ADRPO rewards for a batch of ``prompts``-dataset rows; keeps the scores for the trainer.
+
+    ``call_seconds`` records how long each call took (parsing, banks, embedding, judging): the reward time a
+    benchmark subtracts from a step.
+    """
 
     __name__ = "adrpo"
 
@@ -201,15 +221,18 @@ class ADRPOReward:
         self.cache = cache  # shared across steps: each text is embedded once
         self.last: ScoredBatch | None = None
         self.calls = 0
+        self.call_seconds: list[float] = []
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        started = time.perf_counter()
         columns = {k: v for k, v in kwargs.items() if k not in _TRL_KWARGS and k != "completion_ids"}
         rows = [{k: values[i] for k, values in columns.items()} for i in range(len(completions))]
         groups, layout = groups_from_batch(rows, completions, cache=self.cache, memory_config=self.memory_config)
         scores = score_groups(groups, self.judge, self.cfg, self.count_tokens)
         batch = scores.gather(layout)
-        self.last = ScoredBatch(scores, layout, batch)
+        self.last = ScoredBatch(scores, layout, batch, [completion_text(c) for c in completions])
         self.calls += 1
+        self.call_seconds.append(time.perf_counter() - started)
         return [float(r) for r in batch.rewards]
 
     def take(self) -> ScoredBatch:
@@ -218,6 +241,31 @@ class ADRPOReward:
             raise MemforgeError("adrpo: no scored batch; the ADRPO reward function did not run for this batch")
         last, self.last = self.last, None
         return last
+
+
+def completion_rows(scored: ScoredBatch, advantages: Sequence[float], step: int) -> list[dict[str, Any]]:
+    """One row per completion of a scored batch: what was written, its reward and every factor (an MLflow table)."""
+    rows = []
+    for index, (group_index, part, rollout) in enumerate(scored.layout.positions):
+        score = scored.scores.groups[group_index].scores[part][rollout]
+        rows.append(
+            {
+                "step": step,
+                "session": score.group_id,
+                "part": part,
+                "rollout": rollout,
+                "completion": scored.texts[index] if index < len(scored.texts) else "",
+                "reward": score.reward,
+                "advantage": float(advantages[index]),
+                "format_ok": score.format_ok,
+                "task_reward": score.task_reward,
+                "length_penalty": score.length_penalty,
+                "attribution_weight": score.weight,
+                "tokens": score.tokens,
+                "error": score.error or "",
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +306,7 @@ def _grpo_trainer_cls() -> type:
                 )
             self.adrpo_reward = adrpo_reward
             self.adrpo_last: dict[str, Any] = {}
+            self.adrpo_samples: list[dict[str, Any]] = []  # the last scored batch, one row per completion
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             import torch
@@ -283,6 +332,7 @@ def _grpo_trainer_cls() -> type:
                 "advantages": np.asarray(advantages, dtype=np.float64).copy(),
                 "scores": scored.scores,
             }
+            self.adrpo_samples = completion_rows(scored, advantages, int(self.state.global_step) + 1)
             mode = "train" if self.model.training else "eval"
             logged = self._logs["advantages"]
             if self.accelerator.num_processes == 1 and len(logged) >= len(advantages):
@@ -317,7 +367,11 @@ def __getattr__(name: str) -> Any:
 
 @dataclass
 class ADRPOOutcome:
-    """What an ADRPO run did; ``metrics()`` feeds DVC and MLflow."""
+    """What an ADRPO run did; ``metrics()`` feeds DVC and MLflow, ``summary()`` the model card.
+
+    ``history`` holds every trainer log (``adrpo/...`` stats included) with its step; ``completions`` the last
+    step's completions, one row each (``completion_rows``).
+    """
 
     output_dir: str
     base_model: str
@@ -331,6 +385,10 @@ class ADRPOOutcome:
     step_seconds: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     last_stats: dict[str, float] = field(default_factory=dict)
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    total_params: int = 0
+    saved_dtype: str = "float32"
+    device: str = "cpu"
 
     def metrics(self) -> dict[str, float]:
         steady = self.step_seconds[1:] or self.step_seconds
@@ -340,28 +398,85 @@ class ADRPOOutcome:
             "sessions_dropped": float(self.sessions_dropped),
             "steps": float(self.steps),
             "train_loss": self.train_loss,
+            "resumed": float(self.resumed_from is not None),
             "seconds": round(self.seconds, 3),
             "seconds_per_step": round(float(np.median(steady)), 4) if steady else 0.0,
         }
         out.update({f"final_{k}": v for k, v in self.last_stats.items()})
         return out
 
+    def reward_history(self) -> list[dict[str, float]]:
+        """``[{step, reward, reward_std, task_reward, format_failure_rate, length_penalty}]`` per logged step."""
+        keys = {
+            "reward": "reward_mean",
+            "reward_std": "reward_std",
+            "task_reward": "task_reward_mean",
+            "format_failure_rate": "format_failure_rate",
+            "length_penalty": "length_penalty_mean",
+        }
+        points = []
+        for entry in self.history:
+            if METRIC_PREFIX + "reward_mean" in entry:
+                point: dict[str, float] = {"step": int(entry["step"])}
+                point.update(
+                    {name: entry[METRIC_PREFIX + key] for name, key in keys.items() if METRIC_PREFIX + key in entry}
+                )
+                points.append(point)
+        return points
 
-def grpo_args(
-    cfg: ADRPOConfig,
-    output_dir: str | os.PathLike[str],
-    *,
-    sessions_per_batch: int = 1,
-    save_steps: int | None = None,
-    seed: int = 0,
-) -> Any:
-    """``trl.GRPOConfig`` for ADRPO: whole sessions per batch, no row shuffling, CPU when no CUDA, no reporters."""
+    def summary(self) -> dict[str, Any]:
+        """The ``adrpo`` section of the model card."""
+        return {
+            "base_model": self.base_model,
+            "prompts": self.prompts,
+            "sessions": self.sessions,
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "resumed_from": self.resumed_from,
+            "final": dict(self.last_stats),
+            "total_params": self.total_params,
+            "device": self.device,
+        }
+
+
+def vllm_kwargs(cfg: ADRPOConfig) -> dict[str, Any]:
+    """``GRPOConfig`` vLLM fields for ``cfg``: the mode, plus the server URL (server) or memory share (colocate).
+
+    An empty ``vllm_server_base_url`` leaves TRL's default server (``vllm_server_host:vllm_server_port``, i.e.
+    ``trl vllm-serve`` on port 8000 of this machine).
+    """
+    if not cfg.use_vllm:
+        return {"use_vllm": False}
+    if cfg.vllm_mode == "server":
+        url = cfg.vllm_server_base_url.strip()
+        return {"use_vllm": True, "vllm_mode": "server", **({"vllm_server_base_url": url} if url else {})}
+    if cfg.vllm_mode == "colocate":
+        if not 0 < cfg.vllm_gpu_memory_utilization <= 1:
+            raise MemforgeError(
+                f"adrpo.vllm_gpu_memory_utilization must be in (0, 1], got {cfg.vllm_gpu_memory_utilization}"
+            )
+        return {
+            "use_vllm": True,
+            "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        }
+    raise MemforgeError(f"adrpo.vllm_mode must be 'colocate' or 'server', got {cfg.vllm_mode!r}")
+
+
+def grpo_args(cfg: ADRPOConfig) -> Any:
+    """``trl.GRPOConfig`` for ADRPO: whole sessions per batch, no row shuffling, checkpoints in ``cfg.checkpoint_dir``
+    every ``cfg.save_steps`` steps (0 = none; the latest one only is kept), vLLM when ``cfg.use_vllm`` (needs CUDA),
+    CPU (and no activation checkpointing) when no CUDA, no reporters."""
     import torch
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
+    if cfg.use_vllm and not cuda:
+        raise MemforgeError("adrpo.use_vllm needs a CUDA GPU (vLLM is CUDA-only); set adrpo.use_vllm: false on CPU")
+    if cfg.save_steps < 0:
+        raise MemforgeError(f"adrpo.save_steps must be >= 0 (0 = no checkpoints), got {cfg.save_steps}")
     return GRPOConfig(
-        output_dir=str(output_dir),
+        output_dir=str(cfg.checkpoint_dir),
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         epsilon=cfg.epsilon,
@@ -370,25 +485,31 @@ def grpo_args(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=adrpo_batch_size(cfg.num_generations, sessions_per_batch),
+        per_device_train_batch_size=adrpo_batch_size(cfg.num_generations, cfg.sessions_per_batch),
         gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_iterations=1,
         shuffle_dataset=False,
-        use_vllm=cfg.use_vllm,
+        **vllm_kwargs(cfg),
         bf16=cfg.bf16 and cuda,
         fp16=False,
         use_cpu=not cuda,
+        activation_checkpointing=cuda,  # TRL turns it on by default: it saves GPU memory, on CPU it only costs time
         logging_steps=1,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=1,
         report_to="none",
-        seed=seed,
-        data_seed=seed,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
         logging_nan_inf_filter=False,
         dataloader_num_workers=0,
         log_completions=False,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and resume
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
@@ -400,6 +521,64 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+# fields that do not change what a resumed run would have computed (run length, output places, generation engine)
+_RESUME_NEUTRAL = frozenset(
+    {"max_steps", "save_steps", "log_completions", "checkpoint_dir", "output_dir", "report_path", "use_vllm"}
+)
+
+
+def resume_fingerprint(cfg: ADRPOConfig, rows: Sequence[Mapping[str, Any]], memory_config: MemoryConfig | None) -> dict:
+    """What checkpoints must have been trained with to be resumed: the settings, the starting policy's files and
+    the ordered prompt rows (digests)."""
+    from components.config import to_dict
+    from components.io import file_digest
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL and not k.startswith("vllm_")}
+    memory = to_dict(memory_config) if memory_config is not None and dataclasses.is_dataclass(memory_config) else None
+    policy = Path(cfg.model_name_or_path)
+    files = sorted(f for f in policy.iterdir() if f.is_file()) if policy.is_dir() else []
+    weights = {f.name: file_digest(f) for f in files if f.suffix in (".safetensors", ".bin") or f.name == "config.json"}
+    prompts = json.dumps(list(rows), sort_keys=True, ensure_ascii=False, default=str)
+    return {
+        "adrpo": settings,
+        "memory": memory,
+        "policy_md5": weights,
+        "prompts_sha256": hashlib.sha256(prompts.encode("utf-8")).hexdigest(),
+    }
+
+
+def resume_point(checkpoint_dir: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> str | None:
+    """The checkpoint to resume from, or None; checkpoints from a different run are removed (with a warning).
+
+    Records ``fingerprint`` in ``checkpoint_dir/RESUME_FILE`` so the next run can tell.
+    """
+    from components.io import write_json_atomic
+
+    folder = Path(checkpoint_dir)
+    record = folder / RESUME_FILE
+    latest = latest_checkpoint(folder)
+    if latest is not None:
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous != json.loads(json.dumps(fingerprint)):
+            logger.warning(
+                "adrpo: %s holds checkpoints of a run with other settings or prompts (%s); starting afresh",
+                folder,
+                "no record" if previous is None else f"see {record}",
+            )
+            for stale in folder.glob("checkpoint-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            latest = None
+    write_json_atomic(record, fingerprint)
+    return latest
+
+
+# ---------------------------------------------------------------------------------------------
+# training entry point
+
+
 def train_adrpo(
     cfg: ADRPOConfig,
     prompts_dataset: Any,
@@ -408,34 +587,48 @@ def train_adrpo(
     on_log: OnLog | None = None,
     *,
     judge: Judge | None = None,
-    sessions_per_batch: int = 1,
-    save_steps: int | None = None,
-    seed: int = 0,
 ) -> ADRPOOutcome:
-    """Train ``cfg.model_name_or_path`` with ADRPO on the synth_qa ``prompts`` dataset; save it into ``output_dir``.
+    """Train ``cfg.model_name_or_path`` with ADRPO on the synth_qa ``prompts`` rows; save it into ``output_dir``.
 
-    Checkpoints (every ``save_steps`` steps when given) go to ``output_dir/checkpoints``; a run finding one there
-    resumes from the latest. ``judge`` defaults to ``make_judge(cfg)`` (``llm`` needs it passed in, built with the
-    answerer and judge backends). ``on_log(logs, step)`` receives every trainer log, ADRPO's ``adrpo/...`` included.
+    Sessions are shuffled with ``cfg.seed``, ``cfg.sessions_per_batch`` whole sessions per step. Checkpoints (every
+    ``cfg.save_steps`` steps) go to ``cfg.checkpoint_dir``; a run finding one there from the same settings and
+    prompts resumes from the latest. ``output_dir`` is replaced atomically by the trained model (plus tokenizer and
+    ``memforge_model.json``), reloaded and smoke-tested before the swap. ``judge`` defaults to ``make_judge(cfg)``
+    (``llm`` needs it passed in, built with the answerer and judge backends). ``on_log(logs, step)`` receives every
+    trainer log, ADRPO's ``adrpo/...`` stats included.
     """
+    import torch
     from datasets import Dataset
 
-    from components.llm.model_assets import load_model_folder, normalise_tokenizer
+    from components.io import atomic_directory, write_json_atomic
+    from components.llm.model_assets import (
+        MODEL_CARD_FILE,
+        load_model_folder,
+        normalise_tokenizer,
+        verify_prepared_folder,
+    )
 
     check_trl_hook()
     started = time.perf_counter()
+    out, checkpoints = Path(output_dir), Path(cfg.checkpoint_dir)
+    if checkpoints.resolve().is_relative_to(out.resolve()):
+        raise MemforgeError(
+            f"adrpo.checkpoint_dir ({checkpoints}) must not lie inside the model folder ({out}): the model folder "
+            "is replaced whole when training ends"
+        )
     if prompts_dataset is None or len(prompts_dataset) == 0:
         raise MemforgeError("adrpo: no prompts to train on; run the synth_qa stage")
     rows = prompts_dataset.to_list() if hasattr(prompts_dataset, "to_list") else [dict(r) for r in prompts_dataset]
-    ordered, dropped = order_by_session(rows, seed=seed)
+    ordered, dropped = order_by_session(rows, seed=cfg.seed)
     sessions = len(ordered) // len(PARTS)
-    if sessions < sessions_per_batch:
+    if sessions < cfg.sessions_per_batch:
         raise MemforgeError(
-            f"adrpo: {sessions} complete session(s) (all four agents) but sessions_per_batch={sessions_per_batch}"
+            f"adrpo: {sessions} complete session(s) (all four agents) but sessions_per_batch={cfg.sessions_per_batch}"
         )
     if dropped:
         logger.warning("adrpo: %d session(s) without all four agent prompts left out", dropped)
 
+    saved_dtype = _saved_dtype(Path(cfg.model_name_or_path))
     model, tokenizer = load_model_folder(Path(cfg.model_name_or_path), "float32")
     if not getattr(tokenizer, "chat_template", None):
         raise MemforgeError(f"adrpo: {cfg.model_name_or_path}: the tokenizer has no chat template")
@@ -447,34 +640,30 @@ def train_adrpo(
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     reward = ADRPOReward(cfg, judge if judge is not None else make_judge(cfg), count_tokens, memory_config)
-    out = Path(output_dir)
-    checkpoints = out / CHECKPOINT_DIR
     log = TrainingLog()
     trainer_cls = __getattr__("ADRPOTrainer")
     trainer = trainer_cls(
         model=model,
-        args=grpo_args(cfg, checkpoints, sessions_per_batch=sessions_per_batch, save_steps=save_steps, seed=seed),
+        args=grpo_args(cfg),
         train_dataset=Dataset.from_list(ordered),
         processing_class=tokenizer,
         callbacks=[log_forwarder(on_log, log)],
         adrpo_reward=reward,
     )
-    resume = latest_checkpoint(checkpoints)
+    resume = resume_point(checkpoints, resume_fingerprint(cfg, ordered, memory_config))
     result = trainer.train(resume_from_checkpoint=resume)
-    if not math.isfinite(result.training_loss):
-        raise MemforgeError(f"adrpo: training diverged (loss {result.training_loss}); lower adrpo.learning_rate")
-    out.mkdir(parents=True, exist_ok=True)
-    trained = trainer.model
-    trained.config.use_cache = True
-    trained.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    if log.diverged or not math.isfinite(result.training_loss):
+        raise MemforgeError(
+            f"adrpo: training diverged (loss or gradient norm not finite); lower adrpo.learning_rate (now "
+            f"{cfg.learning_rate}); {out} was left as it was"
+        )
     adrpo_logs = [entry for entry in log.entries if any(k.startswith(METRIC_PREFIX) for k in entry)]
     last = {
         k[len(METRIC_PREFIX) :]: v
         for k, v in (adrpo_logs[-1] if adrpo_logs else {}).items()
         if k.startswith(METRIC_PREFIX)
     }
-    return ADRPOOutcome(
+    outcome = ADRPOOutcome(
         output_dir=str(out),
         base_model=str(cfg.model_name_or_path),
         prompts=len(ordered),
@@ -482,12 +671,89 @@ def train_adrpo(
         sessions_dropped=dropped,
         steps=int(trainer.state.global_step),
         train_loss=float(result.training_loss),
-        seconds=time.perf_counter() - started,
+        seconds=0.0,
         resumed_from=resume,
         step_seconds=log.step_seconds,
         history=log.entries,
         last_stats=last,
+        completions=list(trainer.adrpo_samples),
+        total_params=sum(p.numel() for p in trainer.model.parameters()),
+        saved_dtype=saved_dtype,
+        device=str(trainer.args.device),
     )
+    with atomic_directory(out) as staging:
+        trained = trainer.model
+        trained.config.use_cache = True
+        trained.to(getattr(torch, saved_dtype)).save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        del trainer, trained, model
+        gc.collect()
+        verify_prepared_folder(staging, saved_dtype, final_dir=out)  # reloads with plain from_pretrained, generates
+        outcome.seconds = time.perf_counter() - started
+        write_json_atomic(staging / MODEL_CARD_FILE, model_card(cfg, outcome, tokenizer, staging))
+        _apply_umask(staging)
+    return outcome
+
+
+def _saved_dtype(folder: Path) -> str:
+    """The dtype ``folder``'s weights were saved in (the trained model is saved the same way)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"  # load_model_folder reports the real problem
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def model_card(cfg: ADRPOConfig, outcome: ADRPOOutcome, tokenizer: Any, folder: Path) -> dict[str, Any]:
+    """A ``memforge_model.json`` that ``read_model_card`` accepts (prepared-model fields) plus an ``adrpo`` section."""
+    import transformers
+
+    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    base = Path(cfg.model_name_or_path)
+    try:
+        max_context = read_model_card(base).max_context_tokens
+    except ModelLoadError:
+        max_context = cfg.max_prompt_length + cfg.max_completion_length
+    architectures = config.get("architectures") or [""]
+    return {
+        "output_dir": outcome.output_dir,
+        "source": f"adrpo of {base}",
+        "kind": "adrpo",
+        "location": str(base.resolve()),
+        "gguf_file": None,
+        "revision": None,
+        "source_sha256": None,
+        "architecture": str(architectures[0]),
+        "model_type": str(config.get("model_type", "")),
+        "parameter_count": outcome.total_params,
+        "dtype": outcome.saved_dtype,
+        "vocab_size": int(config.get("vocab_size") or 0),
+        "tokenizer_size": len(tokenizer),
+        "max_context_tokens": max_context,
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "chat_template_present": bool(getattr(tokenizer, "chat_template", None)),
+        "chat_template_added": False,
+        "pad_token": str(tokenizer.pad_token),
+        "pad_token_added": False,
+        "eos_token": str(tokenizer.eos_token),
+        "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "transformers_version": transformers.__version__,
+        "format_version": MODEL_CARD_VERSION,
+        "adrpo": outcome.summary(),
+    }
+
+
+def _apply_umask(folder: Path) -> None:
+    """Ordinary permissions for the staged folder (mkdtemp creates it 0700)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            os.chmod(file, 0o666 & ~mask)
 
 
 def _warn_long_prompts(rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_prompt_length: int) -> None:
