@@ -5,12 +5,16 @@
 
 Every point runs in a fresh process (so peak RSS belongs to that length alone): load the model, tokenise the essay
 lines once to know their lengths (untimed), read a short warm-up input (untimed), then time ``read`` (or
-``full_context_answer``) over exactly ``N`` tokens or a few fewer: Paul Graham's essays, line by line, repeated
+``full_context_answer``) over ``N`` tokens or a few fewer: Paul Graham's essays, line by line, repeated
 as often as needed and streamed lazily (the last line is cut to fit). Measured per point:
 
-* wall seconds of the call (median over ``repeats``), microseconds per input token, and the median seconds of one
-  chunk step (from the reader's step callback: robust to the other work on a shared CPU);
+* wall and CPU seconds of the call, per input token; the median wall / CPU seconds of one chunk step (from the
+  reader's step callback) and, for runs of 20+ steps, the median step CPU time of each tenth of the run (flat when
+  a step costs the same late in a long input as early);
 * peak RSS while the call ran (psutil, sampled every 20 ms), RSS before it, and the process's ``ru_maxrss``.
+
+Lengths are measured in interleaved rounds (``--rounds``) and summarised by the median over all timed calls, so a
+busy spell on a shared machine hits every length alike. torch runs with ``--threads`` threads (default 1).
 
 Targets (issue 6): the reader's time per input token constant within 10% across lengths, and its peak memory flat
 within 10%. The baseline answers from the whole input (nothing truncated) for as long as the model's positions
