@@ -26,6 +26,7 @@ from components.memory.embedder import EmbeddingCache, HashingEmbedder
 from components.memory.types import PARTS
 from components.rewards import DEFAULT_EPS, completion_text
 from components.training import adrpo
+from components.training.checkpoints import FINGERPRINT_FILE
 from tests.test_rewards import (
     EXPECTED_REWARDS,
     MEMORY,
@@ -258,7 +259,7 @@ def test_checkpoint_and_resume(tiny_model_dir: Path, scripted_rollouts, tmp_path
     first = adrpo.train_adrpo(cfg, data, out, MEMORY)
     checkpoints = Path(cfg.checkpoint_dir)
     assert first.steps == 1 and adrpo.latest_checkpoint(checkpoints).endswith("checkpoint-1")
-    assert (checkpoints / adrpo.RESUME_FILE).is_file() and not list(out.glob("checkpoint-*"))
+    assert (checkpoints / FINGERPRINT_FILE).is_file() and not list(out.glob("checkpoint-*"))
     second = adrpo.train_adrpo(replace(cfg, max_steps=2), data, out, MEMORY)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-1")
     assert second.steps == 2 and second.metrics()["resumed"] == 1.0

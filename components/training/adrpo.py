@@ -40,7 +40,7 @@ Checkpoints, resume, outputs
 ----------------------------
 ``train_adrpo`` reads every setting from ``ADRPOConfig`` (``sessions_per_batch``, ``save_steps``, ``seed``, vLLM).
 Checkpoints (optimizer and RNG state included; the latest one only) go to ``cfg.checkpoint_dir``, apart from the
-model folder, with ``memforge_resume.json`` recording the settings and prompts they belong to; a rerun resumes
+model folder, with ``memforge_run.json`` recording the settings and prompts they belong to; a rerun resumes
 from the latest checkpoint when that record matches (after a kill) and starts afresh otherwise. The trained model
 replaces ``output_dir`` atomically, with a ``memforge_model.json`` card. The trainer keeps the last step's
 completions (``completion_rows``: session, part, rollout, text, reward and its factors) for an MLflow table.
@@ -60,7 +60,6 @@ import math
 import os
 import random
 import re
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +89,6 @@ logger = logging.getLogger(__name__)
 TRL_PINNED = "1.16"
 HOOK = "_generate_and_score_completions"
 METRIC_PREFIX = "adrpo/"
-RESUME_FILE = "memforge_resume.json"  # in the checkpoint dir: what its checkpoints were trained with
 _TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
 
 
@@ -548,31 +546,11 @@ def resume_fingerprint(cfg: ADRPOConfig, rows: Sequence[Mapping[str, Any]], memo
 
 
 def resume_point(checkpoint_dir: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> str | None:
-    """The checkpoint to resume from, or None; checkpoints from a different run are removed (with a warning).
+    """The checkpoint to resume from, or None; checkpoints of a run with another fingerprint are removed, with a
+    warning (``components.training.checkpoints.claim_checkpoint_dir``, shared with memagent_train)."""
+    from components.training.checkpoints import claim_checkpoint_dir
 
-    Records ``fingerprint`` in ``checkpoint_dir/RESUME_FILE`` so the next run can tell.
-    """
-    from components.io import write_json_atomic
-
-    folder = Path(checkpoint_dir)
-    record = folder / RESUME_FILE
-    latest = latest_checkpoint(folder)
-    if latest is not None:
-        try:
-            previous = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if previous != json.loads(json.dumps(fingerprint)):
-            logger.warning(
-                "adrpo: %s holds checkpoints of a run with other settings or prompts (%s); starting afresh",
-                folder,
-                "no record" if previous is None else f"see {record}",
-            )
-            for stale in folder.glob("checkpoint-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            latest = None
-    write_json_atomic(record, fingerprint)
-    return latest
+    return latest_checkpoint(checkpoint_dir) if claim_checkpoint_dir(checkpoint_dir, fingerprint) else None
 
 
 # ---------------------------------------------------------------------------------------------
