@@ -67,6 +67,11 @@ bench: install ## run the benchmarks and record their results in benchmarks/resu
 	python benchmarks/bench_ingest.py
 	python benchmarks/bench_memory.py
 	python benchmarks/bench_synth_qa.py
+	python benchmarks/bench_adrpo.py
+	python benchmarks/bench_reader.py
+
+learning-check: install ## ADRPO's honest learning check on the CPU profile (needs models/sft and data/qa: run first)
+	python benchmarks/learning_check_adrpo.py
 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC cache)
-	rm -rf models data reports .mlflow .prefect
+	rm -rf models data reports checkpoints .mlflow .prefect
