@@ -300,6 +300,7 @@ def test_grpo_args_read_the_config_and_pass_vllm_settings(tiny_model_dir: Path, 
     assert not args.shuffle_dataset and not args.use_vllm
     assert args.activation_checkpointing is torch.cuda.is_available()  # TRL's default (on) only costs time on CPU
     assert adrpo.grpo_args(replace(cfg, save_steps=0)).save_strategy == "no"
+    assert args.loss_type == "dapo" and adrpo.grpo_args(replace(cfg, loss_type="grpo")).loss_type == "grpo"
     colocate = adrpo.vllm_kwargs(replace(cfg, use_vllm=True, vllm_gpu_memory_utilization=0.5))
     assert colocate == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.5}
     server = replace(cfg, use_vllm=True, vllm_mode="server", vllm_server_base_url="http://gpu-1:8000")

@@ -478,6 +478,7 @@ def grpo_args(cfg: ADRPOConfig) -> Any:
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
