@@ -22,7 +22,6 @@ Heavy imports (torch, transformers, trl, peft, datasets) happen inside functions
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from components.config import SFTConfig
 from components.errors import InputError, MemforgeError, ModelLoadError
 from components.memory.types import PARTS
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
+from components.training.saving import apply_umask, saved_dtype_of, trained_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -321,21 +321,12 @@ def load_base(cfg: SFTConfig) -> tuple[Any, Any, str]:
     from components.llm.model_assets import load_model_folder, normalise_tokenizer
 
     folder = Path(cfg.model_name_or_path)
-    saved_dtype = _saved_dtype(folder)
+    saved_dtype = saved_dtype_of(folder)
     model, tokenizer = load_model_folder(folder, "float32")
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(f"{folder}: the tokenizer has no chat template; prepare the model with prepare_model")
     normalise_tokenizer(model, tokenizer)
     return model, tokenizer, saved_dtype
-
-
-def _saved_dtype(folder: Path) -> str:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "float32"  # load_model_folder reports the real problem
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
 def build_sft_trainer(
@@ -454,57 +445,19 @@ def train_sft(
             torch.cuda.empty_cache()
         verify_prepared_folder(staging, saved_dtype, final_dir=out)  # reloads with plain from_pretrained, generates
         outcome.seconds = time.perf_counter() - started
-        write_json_atomic(staging / MODEL_CARD_FILE, model_card(cfg, outcome, tokenizer, staging))
-        _apply_umask(staging)
+        write_json_atomic(
+            staging / MODEL_CARD_FILE,
+            trained_model_card(
+                "sft",
+                Path(cfg.model_name_or_path),
+                staging,
+                tokenizer,
+                output_dir=outcome.output_dir,
+                parameter_count=outcome.total_params,
+                dtype=outcome.saved_dtype,
+                fallback_context_tokens=cfg.max_length,
+                summary=outcome.summary(),
+            ),
+        )
+        apply_umask(staging)
     return outcome
-
-
-def model_card(cfg: SFTConfig, outcome: SFTOutcome, tokenizer: Any, folder: Path) -> dict[str, Any]:
-    """A ``memforge_model.json`` that ``read_model_card`` accepts (prepared-model fields) plus an ``sft`` section."""
-    import transformers
-
-    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card
-
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    base = Path(cfg.model_name_or_path)
-    try:
-        max_context = read_model_card(base).max_context_tokens
-    except ModelLoadError:
-        max_context = cfg.max_length
-    architectures = config.get("architectures") or [""]
-    return {
-        "output_dir": outcome.output_dir,
-        "source": f"sft of {base}",
-        "kind": "sft",
-        "location": str(base.resolve()),
-        "gguf_file": None,
-        "revision": None,
-        "source_sha256": None,
-        "architecture": str(architectures[0]),
-        "model_type": str(config.get("model_type", "")),
-        "parameter_count": outcome.total_params,
-        "dtype": outcome.saved_dtype,
-        "vocab_size": int(config.get("vocab_size") or 0),
-        "tokenizer_size": len(tokenizer),
-        "max_context_tokens": max_context,
-        "max_position_embeddings": config.get("max_position_embeddings"),
-        "chat_template_present": bool(getattr(tokenizer, "chat_template", None)),
-        "chat_template_added": False,
-        "pad_token": str(tokenizer.pad_token),
-        "pad_token_added": False,
-        "eos_token": str(tokenizer.eos_token),
-        "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-        "transformers_version": transformers.__version__,
-        "format_version": MODEL_CARD_VERSION,
-        "sft": outcome.summary(),
-    }
-
-
-def _apply_umask(folder: Path) -> None:
-    """Ordinary permissions for the staged folder (mkdtemp creates it 0700)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for file in folder.rglob("*"):
-        if file.is_file():
-            os.chmod(file, 0o666 & ~mask)

@@ -1,0 +1,86 @@
+"""What every training stage does to the model folder it saves: its dtype, its model card, its permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from components.errors import ModelLoadError
+
+
+def saved_dtype_of(folder: Path) -> str:
+    """The dtype ``folder``'s weights were saved in (a trained model is saved the same way)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"  # load_model_folder reports the real problem
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def trained_model_card(
+    kind: str,
+    base: Path,
+    folder: Path,
+    tokenizer: Any,
+    *,
+    output_dir: str,
+    parameter_count: int,
+    dtype: str,
+    fallback_context_tokens: int,
+    summary: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A ``memforge_model.json`` that ``read_model_card`` accepts (prepared-model fields) plus a ``kind`` section.
+
+    ``folder`` is the staged model (read for its config and size), ``output_dir`` where it will live. The context
+    window is the base model's card's, or ``fallback_context_tokens`` when the base has no card.
+    """
+    import transformers
+
+    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        max_context = read_model_card(base).max_context_tokens
+    except ModelLoadError:
+        max_context = fallback_context_tokens
+    architectures = config.get("architectures") or [""]
+    return {
+        "output_dir": output_dir,
+        "source": f"{kind} of {base}",
+        "kind": kind,
+        "location": str(base.resolve()),
+        "gguf_file": None,
+        "revision": None,
+        "source_sha256": None,
+        "architecture": str(architectures[0]),
+        "model_type": str(config.get("model_type", "")),
+        "parameter_count": parameter_count,
+        "dtype": dtype,
+        "vocab_size": int(config.get("vocab_size") or 0),
+        "tokenizer_size": len(tokenizer),
+        "max_context_tokens": max_context,
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "chat_template_present": bool(getattr(tokenizer, "chat_template", None)),
+        "chat_template_added": False,
+        "pad_token": str(tokenizer.pad_token),
+        "pad_token_added": False,
+        "eos_token": str(tokenizer.eos_token),
+        "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "transformers_version": transformers.__version__,
+        "format_version": MODEL_CARD_VERSION,
+        kind: dict(summary),
+    }
+
+
+def apply_umask(folder: Path) -> None:
+    """Ordinary permissions for a staged folder (mkdtemp creates it 0700)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            os.chmod(file, 0o666 & ~mask)
