@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -21,6 +22,11 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MEMFORGE_PARENT_RUN_ID", None)
+
+# Property tests check behaviour, never speed: no per-example deadline (a loaded CI machine is no bug), and a
+# failure prints the blob that replays it.
+settings.register_profile("memforge", deadline=None, print_blob=True)
+settings.load_profile("memforge")
 
 
 def has_cuda() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from components.agent.chunking import chunk_ids, chunk_text, token_stream, tokenizer_codec
@@ -124,20 +124,80 @@ def test_real_tokenizer_chunks_cover_the_text(tiny_model_dir: Path) -> None:
 
 
 WORDS = st.sampled_from(["Alice", "moved", "to", "Berlin", "in", "2024", "naïve", "Café", "😀", "—", ".", ",", "中文"])
-SPACES = st.sampled_from([" ", " ", " ", "\n", "\n\n", "  ", "\t", ""])
+SPACED = [" ", "  ", "\t", " \n", "! ", "\u00a0 "]  # hold a space or tab: exact for every byte-level BPE
+SEPARATORS = [*SPACED, "\u00a0", "\u2009", "\n", "\n\n", "\r\n", "!\n"]  # hold whitespace: exact for GPT-2
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+@functools.cache
+def pretokenised_encode(folder: Path, style: str) -> Any:
+    """The tiny model's BPE behind GPT-2's pre-tokeniser (as trained) or Llama-3's pattern, as an ``encode``."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if style == "llama3":
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    return tokenizer_codec(tokenizer)[0]
+
+
+def pieces_of(text: str, folder: Path, block_bytes: int) -> list[str]:
+    from components.agent.reader import file_pieces
+
+    path = folder / "input.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    return list(file_pieces(path, block_bytes))
+
+
+def texts(separators: list[str]) -> st.SearchStrategy[str]:
+    """Texts of words, each followed by one of ``separators``."""
+    return st.lists(st.tuples(WORDS, st.sampled_from(separators)), min_size=1, max_size=60).map(
+        lambda parts: "".join(w + s for w, s in parts)
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(parts=st.lists(st.tuples(WORDS, SPACES), min_size=1, max_size=60), block_bytes=st.integers(4, 64))
-def test_file_pieces_tokenise_as_the_whole_file(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, parts: list[tuple[str, str]], block_bytes: int
+@given(text=texts(SEPARATORS), block_bytes=st.integers(4, 64))
+@example(text="Alice 2024 😀 Alice ", block_bytes=4)  # found by CI: a cut after a space split " Alice"
+@example(text="x\n\ny\r\nz  w\n\nv\r\nu\n\n", block_bytes=4)
+def test_file_pieces_tokenise_as_the_whole_file_for_gpt2(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, text: str, block_bytes: int
 ) -> None:
-    from components.agent.reader import file_pieces
-
-    encode, _ = tiny_codec(tiny_model_dir)
-    text = "".join(w + s for w, s in parts)
-    path = tmp_path_factory.mktemp("pieces") / "input.txt"
-    path.write_text(text, encoding="utf-8")
-    pieces = list(file_pieces(path, block_bytes))
+    """With whitespace every few words, pieces are cut only where GPT-2's pre-tokeniser cuts too."""
+    encode = pretokenised_encode(tiny_model_dir, "gpt2")
+    pieces = pieces_of(text, tmp_path_factory.mktemp("pieces"), block_bytes)
     assert "".join(pieces) == text
     assert list(itertools.chain.from_iterable(encode(p) for p in pieces)) == encode(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=texts(SPACED), block_bytes=st.integers(4, 64))
+@example(text="Wait! \nAlice.  2024\t😀 ", block_bytes=4)
+def test_file_pieces_tokenise_as_the_whole_file_for_llama3(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, text: str, block_bytes: int
+) -> None:
+    """With a space or tab every few words, pieces are cut only where Llama-3's pre-tokeniser cuts too."""
+    encode = pretokenised_encode(tiny_model_dir, "llama3")
+    pieces = pieces_of(text, tmp_path_factory.mktemp("pieces"), block_bytes)
+    assert "".join(pieces) == text
+    assert list(itertools.chain.from_iterable(encode(p) for p in pieces)) == encode(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=texts([*SEPARATORS, ""]), block_bytes=st.integers(4, 64))
+@example(text="中文" * 200, block_bytes=16)
+def test_file_pieces_are_lossless_and_bounded_without_whitespace(
+    tmp_path_factory: pytest.TempPathFactory, text: str, block_bytes: int
+) -> None:
+    """Long runs with no whitespace cannot be cut exactly; they still stream whole, in bounded pieces."""
+    pieces = pieces_of(text, tmp_path_factory.mktemp("pieces"), block_bytes)
+    assert "".join(pieces) == text and all(pieces)
+    assert max(len(p) for p in pieces) <= 6 * block_bytes

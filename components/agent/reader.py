@@ -415,28 +415,36 @@ def _warn_if_positions_short(model: Any, needed: int, name: str) -> None:
 
 
 def split_point(text: str) -> int | None:
-    """Where to cut text so both sides tokenise as the whole does: before the last space that separates an
-    alphanumeric character from a letter (a pre-token boundary for GPT-2 and Llama-3 style tokenisers); None when
-    there is no such space."""
-    i = text.rfind(" ")
-    while i > 0:
-        if text[i - 1].isalnum() and i + 1 < len(text) and text[i + 1].isalpha():
+    """The last place to cut ``text`` so both sides tokenise as the whole does, or None when there is none.
+
+    Byte-level BPE tokenisers (GPT-2, SmolLM, Llama-3, Qwen) merge only inside pre-tokens, and their pre-token
+    patterns have no look-behind and never join a non-whitespace character to a following space or tab. So a cut
+    before a space or tab that follows a non-whitespace character is safe, and so is one after a lone newline between
+    two non-whitespace characters. SentencePiece tokenisers without pre-tokenisation have no such guarantee."""
+    for i in range(len(text) - 1, 0, -1):
+        before, after = text[i - 1], text[i]
+        if after in " \t" and not before.isspace():
             return i
-        i = text.rfind(" ", 0, i)
+        if before == "\n" and not after.isspace() and i >= 2 and not text[i - 2].isspace():
+            return i
     return None
 
 
 def fallback_split(text: str) -> int:
-    """After the last whitespace, else the whole text (for long text with no word boundary)."""
-    last = max(text.rfind(c) for c in (" ", "\n", "\t", "\r"))
-    return last + 1 if last >= 0 else len(text)
+    """Before the last whitespace run that follows a non-whitespace character, else the whole text: for long text
+    with no ``split_point``. Safe for GPT-2-style tokenisers; Llama-3's joins punctuation to the newlines after it."""
+    for i in range(len(text) - 1, 0, -1):
+        if text[i].isspace() and not text[i - 1].isspace():
+            return i
+    return len(text)
 
 
 def file_pieces(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
     """Stream a UTF-8 file as text pieces of about ``block_bytes``, to be joined with no separator.
 
-    A block is cut at a word boundary (``split_point``) and the rest carried into the next, so the pieces tokenise
-    as the whole file would; without one, text is carried up to 4 blocks, then cut after whitespace (or anywhere).
+    A block is cut where tokenisation cannot change (``split_point``) and the rest carried into the next, so the
+    pieces tokenise as the whole file would; without such a cut, text is carried up to 4 blocks, then cut at
+    whitespace (``fallback_split``) or anywhere.
     Decoding is strict: a bad byte is an ``InputError`` naming the file, byte offset and line; a missing, empty or
     whitespace-only file is one too (the last once its end is reached)."""
     file = Path(path)
