@@ -95,6 +95,7 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert [m.step for m in history] == [1, 2] and all(m.value >= 2 for m in history)
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "memagent_train")}
     assert {"memagent_train/reward_curve.png", "memagent_train/trajectories.json"} <= artifacts
+    assert [a.path for a in client.list_artifacts(train_run.info.run_id, "model")] == ["model/memforge_model.json"]
 
     result = eval_longcontext.run(params)
     rows = [json.loads(line) for line in (tmp_path / "reports/eval_longcontext_rows.jsonl").open(encoding="utf-8")]

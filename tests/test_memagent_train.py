@@ -11,6 +11,7 @@ advantages and the policy update are all the real ones.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -335,7 +336,7 @@ def test_one_step_rewards_advantages_and_the_reward_hook(boxed_model_dir: Path, 
 
 
 def test_train_memagent_two_steps_logs_and_saves_a_changed_model(boxed_model_dir: Path, tmp_path: Path) -> None:
-    from components.llm.model_assets import load_model_folder
+    from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder, read_model_card
 
     cfg = train_cfg(boxed_model_dir, tmp_path, questions_per_step=2)
     logs: list[tuple[dict, int]] = []
@@ -364,6 +365,11 @@ def test_train_memagent_two_steps_logs_and_saves_a_changed_model(boxed_model_dir
     trained, _ = load_model_folder(cfg.output_dir, "float32")
     before, after = _params(base), _params(trained)
     assert before.keys() == after.keys() and any(not np.allclose(before[n], after[n]) for n in before)
+    card = read_model_card(cfg.output_dir)  # the same card as the sft and adrpo models, checked on reload
+    assert card.dtype == "float32" and card.output_dir == cfg.output_dir
+    raw = json.loads((Path(cfg.output_dir) / MODEL_CARD_FILE).read_text(encoding="utf-8"))
+    assert raw["kind"] == "memagent" and raw["memagent"]["steps"] == 2 and raw["memagent"]["questions"] == len(SAMPLES)
+    assert not list(Path(cfg.output_dir).parent.glob(".*"))  # no staging or old folder left beside it
 
 
 class Crash(RuntimeError):

@@ -71,6 +71,7 @@ def train_samples(path: Path, store: Any) -> list[Any]:
 def run(params: Params) -> Any:
     """The DVC stage entry: train under an MLflow run, then write the reports."""
     from components.io import write_json_atomic
+    from components.llm.model_assets import MODEL_CARD_FILE
     from components.longcontext.store import LongContextStore
     from components.plots import close, line_chart
     from components.tracking import stage_run
@@ -104,6 +105,7 @@ def run(params: Params) -> Any:
         tracked.log_metrics(metrics)
         tracked.log_artifact(cfg.train.report_path, "memagent_train")
         tracked.log_artifact(reward_plot_path(params), "memagent_train")
+        tracked.log_artifact(Path(cfg.train.output_dir) / MODEL_CARD_FILE, "model")
         if outcome.trajectories:
             tracked.log_table(outcome.trajectories, "memagent_train/trajectories.json")
         figure = line_chart(

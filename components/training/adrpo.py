@@ -83,7 +83,7 @@ from components.rewards import (
     score_groups,
 )
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
-from components.training.saving import apply_umask, saved_dtype_of, trained_model_card
+from components.training.saving import finish_trained_folder, saved_dtype_of
 
 logger = logging.getLogger(__name__)
 
@@ -580,12 +580,10 @@ def train_adrpo(
     import torch
     from datasets import Dataset
 
-    from components.io import atomic_directory, write_json_atomic
+    from components.io import atomic_directory
     from components.llm.model_assets import (
-        MODEL_CARD_FILE,
         load_model_folder,
         normalise_tokenizer,
-        verify_prepared_folder,
     )
 
     check_trl_hook()
@@ -668,23 +666,18 @@ def train_adrpo(
         tokenizer.save_pretrained(staging)
         del trainer, trained, model
         gc.collect()
-        verify_prepared_folder(staging, saved_dtype, final_dir=out)  # reloads with plain from_pretrained, generates
-        outcome.seconds = time.perf_counter() - started
-        write_json_atomic(
-            staging / MODEL_CARD_FILE,
-            trained_model_card(
-                "adrpo",
-                Path(cfg.model_name_or_path),
-                staging,
-                tokenizer,
-                output_dir=outcome.output_dir,
-                parameter_count=outcome.total_params,
-                dtype=outcome.saved_dtype,
-                fallback_context_tokens=cfg.max_prompt_length + cfg.max_completion_length,
-                summary=outcome.summary(),
-            ),
+        finish_trained_folder(
+            staging,
+            tokenizer,
+            kind="adrpo",
+            base=Path(cfg.model_name_or_path),
+            final_dir=outcome.output_dir,
+            dtype=outcome.saved_dtype,
+            parameter_count=outcome.total_params,
+            fallback_context_tokens=cfg.max_prompt_length + cfg.max_completion_length,
+            summary=outcome.summary(),
         )
-        apply_umask(staging)
+    outcome.seconds = time.perf_counter() - started
     return outcome
 
 

@@ -58,9 +58,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,6 +76,7 @@ from components.errors import MemforgeError
 from components.llm.backends import Message
 from components.training.adrpo import TRL_PINNED, latest_checkpoint
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
+from components.training.saving import finish_trained_folder, saved_dtype_of
 
 logger = logging.getLogger(__name__)
 
@@ -717,21 +716,16 @@ class MemAgentOutcome:
         out.update({f"final_{k}": v for k, v in self.last_stats.items()})
         return out
 
-
-def save_model_atomically(model: Any, tokenizer: Any, output_dir: str | os.PathLike[str]) -> Path:
-    """Write model + tokenizer to a temporary sibling folder, then swap it in place of ``output_dir``."""
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    def summary(self) -> dict[str, Any]:
+        """The ``memagent`` section of the model card."""
+        return {
+            "base_model": self.base_model,
+            "questions": self.questions,
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "resumed_from": self.resumed_from,
+            "final": dict(self.last_stats),
+        }
 
 
 def train_memagent(
@@ -757,25 +751,55 @@ def train_memagent(
         raise MemforgeError(
             f"memagent_train: training diverged (loss {result.training_loss}); lower memagent.train.learning_rate"
         )
-    trained = trainer.model
-    trained.config.use_cache = True
-    save_model_atomically(trained, trainer.processing_class, train_cfg.output_dir)
     logged = [entry for entry in log.entries if any(k.startswith(METRIC_PREFIX) for k in entry)]
     final = logged[-1] if logged else {}
     last = {k[len(METRIC_PREFIX) :]: v for k, v in final.items() if k.startswith(METRIC_PREFIX)}
     for key in ("kl", "clip_ratio/region_mean", "entropy"):
         if key in final:
             last[key.replace("/", "_")] = final[key]
-    return MemAgentOutcome(
+    outcome = MemAgentOutcome(
         output_dir=str(train_cfg.output_dir),
         base_model=str(train_cfg.model_name_or_path),
         questions=len(samples),
         steps=int(trainer.state.global_step),
         train_loss=float(result.training_loss),
-        seconds=time.perf_counter() - started,
+        seconds=0.0,
         resumed_from=resume,
         step_seconds=log.step_seconds,
         history=log.entries,
         last_stats=last,
         trajectories=list(trainer.memagent_last.get("records", [])),
     )
+    save_trained_reader(trainer, train_cfg, reader_cfg, outcome)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def save_trained_reader(
+    trainer: Any, train_cfg: MemAgentTrainConfig, reader_cfg: ReaderConfig, outcome: MemAgentOutcome
+) -> None:
+    """Save the trained reader to ``train_cfg.output_dir`` atomically, in the base model's dtype, checked by a
+    reload and with its ``memforge_model.json`` (as the sft and adrpo models)."""
+    import torch
+
+    from components.io import atomic_directory
+
+    base = Path(train_cfg.model_name_or_path)
+    dtype = saved_dtype_of(base)
+    model, tokenizer = trainer.model, trainer.processing_class
+    model.config.use_cache = True
+    parameter_count = sum(p.numel() for p in model.parameters())
+    with atomic_directory(train_cfg.output_dir) as staging:
+        model.to(getattr(torch, dtype)).save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        finish_trained_folder(
+            staging,
+            tokenizer,
+            kind="memagent",
+            base=base,
+            final_dir=outcome.output_dir,
+            dtype=dtype,
+            parameter_count=parameter_count,
+            fallback_context_tokens=int(getattr(model.config, "max_position_embeddings", 0) or reader_cfg.chunk_tokens),
+            summary=outcome.summary(),
+        )

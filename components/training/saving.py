@@ -76,6 +76,40 @@ def trained_model_card(
     }
 
 
+def finish_trained_folder(
+    staging: Path,
+    tokenizer: Any,
+    *,
+    kind: str,
+    base: Path,
+    final_dir: str,
+    dtype: str,
+    parameter_count: int,
+    fallback_context_tokens: int,
+    summary: Mapping[str, Any],
+) -> None:
+    """Check a staged trained model (saved weights and tokenizer) and complete it: reload it with plain
+    ``from_pretrained`` and generate (``verify_prepared_folder``), write its ``memforge_model.json``
+    (``trained_model_card``) and give it ordinary permissions. A failed check leaves ``final_dir`` untouched."""
+    from components.io import write_json_atomic
+    from components.llm.model_assets import MODEL_CARD_FILE, verify_prepared_folder
+
+    verify_prepared_folder(staging, dtype, final_dir=final_dir)
+    card = trained_model_card(
+        kind,
+        base,
+        staging,
+        tokenizer,
+        output_dir=final_dir,
+        parameter_count=parameter_count,
+        dtype=dtype,
+        fallback_context_tokens=fallback_context_tokens,
+        summary=summary,
+    )
+    write_json_atomic(staging / MODEL_CARD_FILE, card)
+    apply_umask(staging)
+
+
 def apply_umask(folder: Path) -> None:
     """Ordinary permissions for a staged folder (mkdtemp creates it 0700)."""
     mask = os.umask(0o022)

@@ -38,7 +38,7 @@ from components.config import SFTConfig
 from components.errors import InputError, MemforgeError, ModelLoadError
 from components.memory.types import PARTS
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
-from components.training.saving import apply_umask, saved_dtype_of, trained_model_card
+from components.training.saving import finish_trained_folder, saved_dtype_of
 
 logger = logging.getLogger(__name__)
 
@@ -369,8 +369,7 @@ def train_sft(
     """
     import torch
 
-    from components.io import atomic_directory, write_json_atomic
-    from components.llm.model_assets import MODEL_CARD_FILE, verify_prepared_folder
+    from components.io import atomic_directory
 
     if dataset is None or len(dataset) == 0:
         raise MemforgeError("no SFT examples to train on")
@@ -443,21 +442,16 @@ def train_sft(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        verify_prepared_folder(staging, saved_dtype, final_dir=out)  # reloads with plain from_pretrained, generates
-        outcome.seconds = time.perf_counter() - started
-        write_json_atomic(
-            staging / MODEL_CARD_FILE,
-            trained_model_card(
-                "sft",
-                Path(cfg.model_name_or_path),
-                staging,
-                tokenizer,
-                output_dir=outcome.output_dir,
-                parameter_count=outcome.total_params,
-                dtype=outcome.saved_dtype,
-                fallback_context_tokens=cfg.max_length,
-                summary=outcome.summary(),
-            ),
+        finish_trained_folder(
+            staging,
+            tokenizer,
+            kind="sft",
+            base=Path(cfg.model_name_or_path),
+            final_dir=outcome.output_dir,
+            dtype=outcome.saved_dtype,
+            parameter_count=outcome.total_params,
+            fallback_context_tokens=cfg.max_length,
+            summary=outcome.summary(),
         )
-        apply_umask(staging)
+    outcome.seconds = time.perf_counter() - started
     return outcome
