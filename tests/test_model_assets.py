@@ -210,6 +210,28 @@ def test_resolve_hub_id_without_network(monkeypatch: pytest.MonkeyPatch, tmp_pat
         resolve_model_source(ModelConfig(name_or_path="  "))
 
 
+def test_pipeline_folders_are_never_hub_ids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``models/memagent`` before memagent_train has run (even in a clone with no models/ yet) fails at once, with
+    no download attempt; a real hub id still resolves as one."""
+    from components.config import BackendConfig
+    from components.llm.backends import create_backend
+    from components.llm.model_assets import is_hub_id
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") and is_hub_id("Qwen/Qwen3-4B")
+    for local in ("models/memagent", "checkpoints/adrpo", "data/x", "./org/name", "org/model.gguf", "a/b/c"):
+        assert not is_hub_id(local), local
+    (tmp_path / "mine").mkdir()
+    assert not is_hub_id("mine/model")  # its first folder exists here
+    with pytest.raises(ModelLoadError, match="models/memagent: no such model folder"):
+        create_backend(BackendConfig(kind="transformers", model="models/memagent"))
+
+
 # ---------------------------------------------------------------------------------------------
 # prepare_model
 

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,7 +37,6 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 FinishReason = Literal["stop", "length"]
 
 GPU_INSTALL_HINT = "pip install -e '.[gpu]' on a CUDA machine"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 _REDACTED = "[REDACTED]"
 
@@ -395,11 +393,11 @@ def _load_transformers(name: str, dtype: str) -> tuple[Any, Any]:
 
     cuda = torch.cuda.is_available()
     resolved = resolve_dtype(dtype, cuda)
-    if Path(name).exists():
-        from components.llm.model_assets import load_model_folder
+    from components.llm.model_assets import is_hub_id, load_model_folder
 
+    if Path(name).exists():
         model, tokenizer = load_model_folder(name, resolved)
-    elif _HUB_ID.match(name):
+    elif is_hub_id(name):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -409,7 +407,9 @@ def _load_transformers(name: str, dtype: str) -> tuple[Any, Any]:
             raise ModelLoadError(f"{name}: cannot load from the hub: {type(exc).__name__}: {exc}") from exc
         model.eval()
     else:
-        raise ModelLoadError(f"{name}: no such model folder, and not a hub id (org/name)")
+        raise ModelLoadError(
+            f"{name}: no such model folder (run the stage that writes it, or give a folder or a hub id 'org/name')"
+        )
     if cuda:
         model.to("cuda")
     return model, tokenizer

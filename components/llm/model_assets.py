@@ -102,7 +102,7 @@ def resolve_model_source(cfg: ModelConfig) -> ModelSource:
         return ModelSource("gguf_file", str(file.parent), file.name, f"GGUF file {file}")
     if path.is_dir():
         return _resolve_folder(path.resolve(), cfg.gguf_file.strip())
-    if _HUB_ID.match(spec) and not _looks_local(spec):
+    if is_hub_id(spec):
         revision = cfg.revision.strip() or None
         gguf = cfg.gguf_file.strip() or None
         description = f"hub {spec}" + (f"@{revision}" if revision else "") + (f" ({gguf})" if gguf else "")
@@ -113,11 +113,18 @@ def resolve_model_source(cfg: ModelConfig) -> ModelSource:
     )
 
 
-def _looks_local(spec: str) -> bool:
-    """A relative path whose first component exists here (``models/base``) is a missing path, not a hub id."""
-    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.lower().endswith(".gguf"):
-        return True
-    return Path(spec.split("/", 1)[0]).is_dir()
+PIPELINE_ROOTS = ("models", "checkpoints", "data", "reports")  # the pipeline's own folders: never hub orgs
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether a missing ``spec`` names a hub model (``org/name``) rather than a local path not yet written.
+
+    A relative path whose first component is one of the pipeline's folders (``models/memagent`` before
+    memagent_train has run) or exists here is a missing path, never a download."""
+    if not _HUB_ID.match(spec) or spec.startswith((".", "~")) or spec.lower().endswith(".gguf"):
+        return False
+    root = spec.split("/", 1)[0]
+    return root not in PIPELINE_ROOTS and not Path(root).is_dir()
 
 
 def _resolve_package(module: str, gguf_file: str) -> ModelSource:
