@@ -228,8 +228,9 @@ def test_pipeline_folders_are_never_hub_ids(monkeypatch: pytest.MonkeyPatch, tmp
         assert not is_hub_id(local), local
     (tmp_path / "mine").mkdir()
     assert not is_hub_id("mine/model")  # its first folder exists here
-    with pytest.raises(ModelLoadError, match="models/memagent: no such model folder"):
-        create_backend(BackendConfig(kind="transformers", model="models/memagent"))
+    for kind in ("transformers", "vllm"):  # checked before vLLM is even imported
+        with pytest.raises(ModelLoadError, match="models/memagent: no such model folder"):
+            create_backend(BackendConfig(kind=kind, model="models/memagent"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -387,17 +387,28 @@ def _with_n(params: SamplingParams, n: int) -> SamplingParams:
     return dataclasses.replace(params, n=n)
 
 
+def check_model_name(name: str) -> None:
+    """``ModelLoadError`` unless ``name`` is an existing path or a hub id (a missing pipeline folder is neither)."""
+    from components.llm.model_assets import is_hub_id
+
+    if not Path(name).exists() and not is_hub_id(name):
+        raise ModelLoadError(
+            f"{name}: no such model folder (run the stage that writes it, or give a folder or a hub id 'org/name')"
+        )
+
+
 def _load_transformers(name: str, dtype: str) -> tuple[Any, Any]:
     """Model (on CUDA when available) and tokenizer from a local folder or a hub id."""
     import torch
 
     cuda = torch.cuda.is_available()
     resolved = resolve_dtype(dtype, cuda)
-    from components.llm.model_assets import is_hub_id, load_model_folder
-
+    check_model_name(name)
     if Path(name).exists():
+        from components.llm.model_assets import load_model_folder
+
         model, tokenizer = load_model_folder(name, resolved)
-    elif is_hub_id(name):
+    else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -406,10 +417,6 @@ def _load_transformers(name: str, dtype: str) -> tuple[Any, Any]:
         except Exception as exc:  # OSError (offline, unknown id), ValueError, ...
             raise ModelLoadError(f"{name}: cannot load from the hub: {type(exc).__name__}: {exc}") from exc
         model.eval()
-    else:
-        raise ModelLoadError(
-            f"{name}: no such model folder (run the stage that writes it, or give a folder or a hub id 'org/name')"
-        )
     if cuda:
         model.to("cuda")
     return model, tokenizer
@@ -496,6 +503,7 @@ class VLLMBackend(_BackendBase):
 
     def __init__(self, cfg: BackendConfig, **engine_kwargs: Any) -> None:
         self.cfg = cfg
+        check_model_name(cfg.model)
         self._vllm = import_vllm()
         try:
             dtype = resolve_dtype(cfg.dtype, cuda=True)
