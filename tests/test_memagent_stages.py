@@ -34,6 +34,8 @@ def stage_params(root: Path, model_dir: Path, tracking_config, **eval_overrides)
         eval_lengths_docs=(3, 6),
         train_questions=2,
         train_docs=3,
+        squad_eval_questions=2,
+        squad_eval_lengths_docs=(4,),
         needle_tasks=("single", "multivalue"),
         needle_lengths_tokens=(512,),
         needle_samples=1,
@@ -99,12 +101,13 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
 
     result = eval_longcontext.run(params)
     rows = [json.loads(line) for line in (tmp_path / "reports/eval_longcontext_rows.jsonl").open(encoding="utf-8")]
-    # 2 questions x 2 lengths + 2 needle tasks x 1 length, each answered by the reader and the baseline
-    assert len(rows) == 2 * (2 * 2 + 2) == len(result.rows)
+    # 2 HotpotQA questions x 2 lengths + 2 SQuAD questions x 1 length + 2 needle tasks x 1 length, each answered by
+    # the reader and the baseline
+    assert len(rows) == 2 * (2 * 2 + 2 + 2) == len(result.rows)
     assert {r["method"] for r in rows} == {"memagent", "full_context"}
     assert all(r["truncated"] for r in rows if r["method"] == "full_context" and r["input_tokens"] > 300)
     report = json.loads((tmp_path / "reports/eval_longcontext.json").read_text(encoding="utf-8"))
-    assert set(report["memagent"]) == {"hotpotqa", "needle_single", "needle_multivalue"}
+    assert set(report["memagent"]) == {"hotpotqa", "squad", "needle_single", "needle_multivalue"}
     assert set(report["memagent"]["hotpotqa"]) == {"3", "6"}
     assert {"memagent/mean_correct", "full_context/mean_correct"} == set(report["mean"])
     hotpot_plot = json.loads((tmp_path / "reports/eval_longcontext_hotpotqa.json").read_text(encoding="utf-8"))

