@@ -157,6 +157,14 @@ def pieces_of(text: str, folder: Path, block_bytes: int) -> list[str]:
     return list(file_pieces(path, block_bytes))
 
 
+def assert_pieces_tokenise_as_whole(text: str, folder: Path, block_bytes: int, model_dir: Path, style: str) -> None:
+    """The file's pieces join to the text, and their token ids joined are the whole text's."""
+    encode = pretokenised_encode(model_dir, style)
+    pieces = pieces_of(text, folder, block_bytes)
+    assert "".join(pieces) == text
+    assert list(itertools.chain.from_iterable(encode(p) for p in pieces)) == encode(text)
+
+
 def texts(separators: list[str]) -> st.SearchStrategy[str]:
     """Texts of words, each followed by one of ``separators``."""
     return st.lists(st.tuples(WORDS, st.sampled_from(separators)), min_size=1, max_size=60).map(
@@ -172,10 +180,7 @@ def test_file_pieces_tokenise_as_the_whole_file_for_gpt2(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, text: str, block_bytes: int
 ) -> None:
     """With whitespace every few words, pieces are cut only where GPT-2's pre-tokeniser cuts too."""
-    encode = pretokenised_encode(tiny_model_dir, "gpt2")
-    pieces = pieces_of(text, tmp_path_factory.mktemp("pieces"), block_bytes)
-    assert "".join(pieces) == text
-    assert list(itertools.chain.from_iterable(encode(p) for p in pieces)) == encode(text)
+    assert_pieces_tokenise_as_whole(text, tmp_path_factory.mktemp("pieces"), block_bytes, tiny_model_dir, "gpt2")
 
 
 @settings(max_examples=60, deadline=None)
@@ -185,10 +190,7 @@ def test_file_pieces_tokenise_as_the_whole_file_for_llama3(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, text: str, block_bytes: int
 ) -> None:
     """With a space or tab every few words, pieces are cut only where Llama-3's pre-tokeniser cuts too."""
-    encode = pretokenised_encode(tiny_model_dir, "llama3")
-    pieces = pieces_of(text, tmp_path_factory.mktemp("pieces"), block_bytes)
-    assert "".join(pieces) == text
-    assert list(itertools.chain.from_iterable(encode(p) for p in pieces)) == encode(text)
+    assert_pieces_tokenise_as_whole(text, tmp_path_factory.mktemp("pieces"), block_bytes, tiny_model_dir, "llama3")
 
 
 @settings(max_examples=60, deadline=None)
