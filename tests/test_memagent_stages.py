@@ -117,6 +117,7 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert eval_run.data.metrics["memagent/hotpotqa/6/sub_em"] == report["memagent"]["hotpotqa"]["6"]["sub_em"]
     artifacts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "eval_longcontext")}
     assert "eval_longcontext/accuracy_vs_length.png" in artifacts and "eval_longcontext/summary.json" in artifacts
+    assert [a.path for a in client.list_artifacts(eval_run.info.run_id, "model")] == ["model/memforge_model.json"]
 
 
 def test_changed_settings_start_training_afresh(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:

@@ -190,6 +190,7 @@ def run(params: Params) -> EvalLongContextResult:
     """The DVC stage entry: evaluate under an MLflow run, then write the rows, the report and the plot tables."""
     from components.evaluation.longcontext import accuracy_figure
     from components.io import atomic_writer, dumps_jsonl_record, write_json_atomic
+    from components.llm.model_assets import MODEL_CARD_FILE
     from components.plots import close
     from components.tracking import stage_run
 
@@ -200,8 +201,11 @@ def run(params: Params) -> EvalLongContextResult:
         samples = load_eval_samples(paths, cfg.eval.max_samples)
         for path in paths:
             tracked.log_input_dataset(path, name=f"longcontext-{path.stem}", context="evaluation")
-        if Path(cfg.eval.model_name_or_path).is_dir():
-            tracked.log_input_dataset(cfg.eval.model_name_or_path, name="model", context="model")
+        model_dir = Path(cfg.eval.model_name_or_path)
+        if model_dir.is_dir():
+            tracked.log_input_dataset(model_dir, name="model", context="model")
+        if (model_dir / MODEL_CARD_FILE).is_file():  # which trained model these scores belong to
+            tracked.log_artifact(model_dir / MODEL_CARD_FILE, "model")
         rows = evaluate(params, samples)
         summary = summarise(rows)
         report = nested_report(summary)
