@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from components.config import ReaderConfig
 from components.errors import ConfigError, InputError, MemforgeError
 from components.llm.backends import Generation, Message, SamplingParams, TransformersBackend
 from tests.llm_fixtures import build_chatty_model
+from tests.test_agent_chunking import CountingPieces
 
 CFG = ReaderConfig(chunk_tokens=40, memory_tokens=10, answer_tokens=6, batch_size=2)
 PARAGRAPH = "Alice moved to Berlin in March 2024 — she doesn't live in Paris anymore. Bob works at a hospital."
@@ -60,22 +61,6 @@ class CountingBackend:
 
     def close(self) -> None:
         pass
-
-
-class CountingPieces:
-    """Pieces pulled one at a time, counted."""
-
-    def __init__(self, pieces: list[str]) -> None:
-        self._pieces = iter(pieces)
-        self.pulled = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        piece = next(self._pieces)
-        self.pulled += 1
-        return piece
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ from components.rewards import (
     score_groups,
 )
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
+from components.training.lazy import lazy_class
 from components.training.saving import finish_trained_folder, saved_dtype_of
 
 logger = logging.getLogger(__name__)
@@ -347,17 +348,7 @@ def _grpo_trainer_cls() -> type:
     return ADRPOTrainer
 
 
-_TRAINER_CLS: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """``ADRPOTrainer`` is built on first access (TRL is imported lazily)."""
-    global _TRAINER_CLS
-    if name == "ADRPOTrainer":
-        if _TRAINER_CLS is None:
-            _TRAINER_CLS = _grpo_trainer_cls()
-        return _TRAINER_CLS
-    raise AttributeError(name)
+__getattr__ = lazy_class("ADRPOTrainer", _grpo_trainer_cls)
 
 
 # ---------------------------------------------------------------------------------------------

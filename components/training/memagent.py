@@ -76,6 +76,7 @@ from components.errors import MemforgeError
 from components.llm.backends import Message
 from components.training.adrpo import TRL_PINNED, latest_checkpoint
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
+from components.training.lazy import lazy_class
 from components.training.saving import finish_trained_folder, saved_dtype_of
 
 logger = logging.getLogger(__name__)
@@ -532,17 +533,7 @@ def _memagent_trainer_cls() -> type:
     return MemAgentTrainer
 
 
-_TRAINER_CLS: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """``MemAgentTrainer`` is built on first access (TRL is imported lazily)."""
-    global _TRAINER_CLS
-    if name == "MemAgentTrainer":
-        if _TRAINER_CLS is None:
-            _TRAINER_CLS = _memagent_trainer_cls()
-        return _TRAINER_CLS
-    raise AttributeError(name)
+__getattr__ = lazy_class("MemAgentTrainer", _memagent_trainer_cls)
 
 
 # ---------------------------------------------------------------------------------------------
