@@ -1,6 +1,8 @@
-"""The ``memforge`` command: the pipeline, single stages (what ``dvc.yaml`` calls), params and data tools.
+"""The library's commands: single stages (what ``dvc.yaml`` calls), params, data, memory and model tools.
 
-Heavy libraries are imported inside the commands that need them, so ``memforge --help`` is instant.
+The ``memforge`` console script is ``flows.cli``, which adds the pipeline (``memforge run``) on top of these; the
+library never imports the orchestration layer. Heavy libraries are imported inside the commands that need them,
+so ``memforge --help`` is instant.
 """
 
 from __future__ import annotations
@@ -15,48 +17,22 @@ from typing import Any
 
 from components.config import DEFAULT_PARAMS_FILE, load_params, parse_override
 from components.errors import MemforgeError
+from components.stages.registry import STAGE_NAMES
 
-STAGES: dict[str, str] = {
-    "prepare_model": "components.stages.prepare_model",
-    "ingest": "components.stages.ingest",
-    "expert": "components.stages.expert",
-    "synth_qa": "components.stages.synth_qa",
-    "sft": "components.stages.sft",
-    "adrpo": "components.stages.adrpo",
-    "longcontext_data": "components.stages.longcontext_data",
-    "memagent_train": "components.stages.memagent_train",
-    "eval_longcontext": "components.stages.eval_longcontext",
-}
+DESCRIPTION = "Train language models that remember (MemBuilder, MemAgent): DVC stages, a Prefect flow, MLflow runs."
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+def overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-S key=value`` pairs as a dict of typed values."""
     return dict(parse_override(pair) for pair in pairs)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """Run one DVC stage with params.yaml (what `dvc repro` calls)."""
-    import importlib
+    from components.stages.runner import run_stage
 
-    params = load_params(args.params, _overrides(args.set))
-    module = importlib.import_module(STAGES[args.name])
-    result = module.run(params)
-    summary = result if isinstance(result, dict) else getattr(result, "metrics", lambda: {})()
-    print(json.dumps({"stage": args.name, **summary}, indent=2, default=str))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the pipeline flow (Prefect) over the DVC stages."""
-    import os
-
-    # The temporary server's telemetry heartbeat contends for its SQLite file; nothing leaves this machine.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.pipeline import memforge_pipeline
-
-    params = load_params(args.params)
-    stages = args.stages or list(params.pipeline.stages)
-    result = memforge_pipeline(stages=stages, params_overrides=_overrides(args.set), params_file=args.params)
-    print(json.dumps(result, indent=2, default=str))
+    result = run_stage(args.name, load_params(args.params, overrides(args.set)))
+    print(json.dumps({"stage": args.name, **result.logged_metrics()}, indent=2, default=str))
     return 0
 
 
@@ -112,7 +88,7 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     from components.memory.render import render_memory
     from components.stages.expert import make_teacher
 
-    params = load_params(args.params, _overrides(args.set))
+    params = load_params(args.params, overrides(args.set))
     if args.model:
         params = replace(
             params, backends=replace(params.backends, teacher=replace(params.backends.teacher, model=args.model))
@@ -143,7 +119,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     """Read a file of any length with the MemAgent reader and answer a question from its memory."""
     from components.agent.reader import read_file
 
-    params = load_params(args.params, _overrides(args.set))
+    params = load_params(args.params, overrides(args.set))
     model = args.model or params.memagent.eval.model_name_or_path
 
     def trace(step: Any) -> None:
@@ -169,19 +145,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memforge", description=__doc__)
+def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """The ``memforge`` parser; each of ``extensions`` is called with the subcommands object to add its own."""
+    parser = argparse.ArgumentParser(prog="memforge", description=DESCRIPTION)
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the pipeline (Prefect flow over the DVC stages)")
-    run.add_argument("--stages", nargs="*", help="stages to run, in order (default: pipeline.stages)")
-    run.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    run.set_defaults(func=cmd_run)
-
     stage = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
-    stage.add_argument("name", choices=sorted(STAGES))
+    stage.add_argument("name", choices=STAGE_NAMES)
     stage.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     stage.set_defaults(func=cmd_stage)
 
@@ -224,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--sessions-per-conversation", type=int, default=0, help="0 = params value")
     synth.add_argument("--seed", type=int, default=None)
     synth.set_defaults(func=cmd_synth)
+    for extend in extensions:
+        extend(sub)
     return parser
 
 
@@ -237,12 +211,11 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger().setLevel(logging.DEBUG)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (default: the library's commands) and run the command; 2 on a memforge error."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

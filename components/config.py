@@ -3,6 +3,9 @@
 Every field carries help text (``metadata["help"]``); ``render_params`` writes ``params.yaml`` with
 that help as comments, so the committed file is generated and every change to a default shows up
 in review. Loading is strict: an unknown or mistyped key is a ``ConfigError`` naming the key.
+Each section checks its own ranges when it is built (``__post_init__``, with the ``_require`` family of
+helpers), so a config object is valid however it was made and downstream code does not re-check it;
+``build_dataclass`` names the full dotted key (``memory.top_k``) and ``load_params`` the file.
 Profiles (``infra/profiles/<name>.yaml``) are overlays applied with ``memforge params apply NAME``.
 """
 
@@ -36,7 +39,96 @@ def _nested(factory: Any, help: str) -> Any:  # noqa: A002
 
 
 # ---------------------------------------------------------------------------------------------
+# range checks: every section's ``__post_init__`` calls these, so a section is valid however it was built
+
+MAX_SEED = 2**32 - 1  # numpy's limit; transformers' set_seed seeds numpy too
+
+
+class ConfigValueError(ConfigError):
+    """A value a section refused. ``key`` is relative to the section that raised it (``top_k``, or "" for a
+    check over several fields) until ``build_dataclass`` prefixes the section's own key (``memory.top_k``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+    def within(self, section: str) -> ConfigValueError:
+        """The same error, keyed from the enclosing ``section``."""
+        return ConfigValueError(_join(section, self.key) if self.key else section, self.reason)
+
+
+def _require(ok: bool, key: str, reason: str) -> None:
+    """``ConfigValueError(key, reason)`` unless ``ok``."""
+    if not ok:
+        raise ConfigValueError(key, reason)
+
+
+def _at_least(section: Any, low: float, *names: str) -> None:
+    """Each field ``names`` of ``section`` is ``>= low`` (NaN fails)."""
+    for name in names:
+        value = getattr(section, name)
+        _require(value >= low, name, f"must be >= {low}, got {value!r}")
+
+
+def _positive(section: Any, *names: str) -> None:
+    """Each field ``names`` of ``section`` is ``> 0`` (NaN fails)."""
+    for name in names:
+        value = getattr(section, name)
+        _require(value > 0, name, f"must be > 0, got {value!r}")
+
+
+def _in_range(
+    section: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> None:
+    """Field ``name`` of ``section`` lies in the interval from ``low`` to ``high`` (closed unless said open)."""
+    value = getattr(section, name)
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    _require(above and below, name, f"must be in {interval}, got {value!r}")
+
+
+def _fractions(section: Any, *names: str) -> None:
+    """Each field ``names`` of ``section`` is a fraction in [0, 1]."""
+    for name in names:
+        _in_range(section, name, 0, 1)
+
+
+def _seeds(section: Any, *names: str) -> None:
+    """Each field ``names`` of ``section`` is a seed numpy, torch and ``random`` all accept."""
+    for name in names:
+        _in_range(section, name, 0, MAX_SEED)
+
+
+def _nonempty(section: Any, *names: str) -> None:
+    """Each tuple field ``names`` of ``section`` lists at least one value."""
+    for name in names:
+        _require(bool(getattr(section, name)), name, "must list at least one value")
+
+
+def _distinct(section: Any, *names: str, low: int | None = None) -> None:
+    """Each tuple field ``names`` of ``section`` repeats no value (and every value is ``>= low``)."""
+    for name in names:
+        values = getattr(section, name)
+        _require(len(set(values)) == len(values), name, f"must not repeat a value, got {list(values)}")
+        if low is not None:
+            _require(all(v >= low for v in values), name, f"every value must be >= {low}, got {list(values)}")
+
+
+def _shares(section: Any, *names: str) -> None:
+    """Fields ``names`` of ``section`` are fractions that sum to 1 (a check of the whole section)."""
+    _fractions(section, *names)
+    parts = tuple(getattr(section, name) for name in names)
+    _require(abs(sum(parts) - 1.0) <= 1e-6, "", f"{' + '.join(names)} must sum to 1, got {parts}")
+
+
+# ---------------------------------------------------------------------------------------------
 # sections
+
+SplitName = Literal["sft", "rl", "eval"]  # the dialogue splits (dialogue.splits.SPLIT_NAMES)
+NeedleTask = Literal["single", "multikey", "multivalue", "multiquery"]  # longcontext.needle.TASK_SHAPES
+EvalSet = Literal["hotpotqa", "squad", "needle"]  # stages.eval_longcontext.SET_FILES
 
 
 @dataclass(frozen=True)
@@ -55,6 +147,10 @@ class ModelConfig:
     )
     max_context_tokens: int = _f(2048, "Context window recorded with the model; later stages read it.")
     output_dir: str = _f("models/base", "Where the prepared model folder is written.")
+    report_path: str = _f("reports/prepare_model.json", "Model size and shape (a DVC metrics file).")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_context_tokens")
 
 
 @dataclass(frozen=True)
@@ -87,6 +183,10 @@ class SplitConfig:
     eval: float = _f(0.2, "Fraction of conversations held out for evaluation.")
     seed: int = _f(13, "Seed of the split permutation.")
 
+    def __post_init__(self) -> None:
+        _shares(self, "sft", "rl", "eval")
+        _seeds(self, "seed")
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -98,6 +198,11 @@ class SyntheticConfig:
     filler_turns: int = _f(2, "Small-talk turns per session that carry no fact (distractors).")
     questions_per_conversation: int = _f(10, "Ground-truth questions emitted per conversation.")
     seed: int = _f(7, "Generator seed: the same seed gives the same corpus, byte for byte.")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "num_conversations", "events_per_session", "filler_turns", "questions_per_conversation")
+        _at_least(self, 1, "sessions_per_conversation")
+        _seeds(self, "seed")
 
 
 @dataclass(frozen=True)
@@ -118,6 +223,12 @@ class QualityConfig:
     )
     batch_conversations: int = _f(2000, "Conversations validated per great-expectations batch (bounds memory).")
 
+    def __post_init__(self) -> None:
+        from components.dialogue.quality import EXPECTATION_NAMES
+
+        unknown = sorted(set(self.critical) - set(EXPECTATION_NAMES))
+        _require(not unknown, "critical", f"unknown expectation(s) {', '.join(unknown)}")
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -132,6 +243,13 @@ class IngestConfig:
     quality: QualityConfig = _nested(QualityConfig, "Data-quality suite settings.")
     output_dir: str = _f("data/dialogues", "Where split JSON Lines, the split manifest and quarantine go.")
     report_path: str = _f("reports/ingest_quality.json", "Quality metrics (a DVC metrics file).")
+    validation_path: str = _f(
+        "reports/ingest_validation.json", "The great-expectations validation result of the dialogue suite."
+    )
+    plot_path: str = _f("reports/ingest_pass_rates.json", "Pass rate per expectation (a DVC plot table).")
+
+    def __post_init__(self) -> None:
+        _nonempty(self, "sources")
 
 
 @dataclass(frozen=True)
@@ -152,6 +270,15 @@ class MemoryConfig:
         "folder, a hub id (downloads), or 'hashing[:DIM]' = lexical hashing (no model; fast tests and benchmarks).",
     )
     embed_batch_size: int = _f(64, "Texts embedded per batch.")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 2, "core_compress_to_chars")  # the compressor needs room for one character and "…"
+        _require(
+            self.core_compress_to_chars < self.core_max_chars,
+            "core_compress_to_chars",
+            f"must be below core_max_chars ({self.core_max_chars}), got {self.core_compress_to_chars}",
+        )
+        _at_least(self, 1, "top_k", "embed_batch_size")
 
 
 @dataclass(frozen=True)
@@ -180,6 +307,20 @@ class BackendConfig:
     max_concurrency: int = _f(4, "Requests in flight at once (openai).")
     seed: int = _f(0, "Sampling seed.")
 
+    def __post_init__(self) -> None:
+        if self.kind == "openai":
+            _require(bool(self.base_url), "base_url", "required for kind 'openai'")
+            _require(
+                self.base_url.startswith(("http://", "https://")),
+                "base_url",
+                f"must start with http:// or https://, got {self.base_url!r}",
+            )
+        _at_least(self, 1, "max_new_tokens", "batch_size", "max_concurrency")
+        _at_least(self, 0, "temperature", "max_retries")
+        _in_range(self, "top_p", 0, 1, open_low=True)
+        _positive(self, "timeout_seconds")
+        _seeds(self, "seed")
+
 
 @dataclass(frozen=True)
 class BackendsConfig:
@@ -199,10 +340,15 @@ class ExpertConfig:
         "oracle = exact operations from the synthetic generator's ground truth (synthetic conversations only; others "
         "fall back to heuristic); heuristic = offline rules for real dialogues; llm = backends.teacher.",
     )
-    splits: tuple[str, ...] = _f(("sft", "rl"), "Dialogue splits to build trajectories for.")
+    splits: tuple[SplitName, ...] = _f(("sft", "rl"), "Dialogue splits to build trajectories for.")
     max_conversations: int = _f(0, "Cap on conversations per split (0 = all).")
     output_dir: str = _f("data/trajectories", "Where trajectory JSON Lines and summary.json go.")
     report_path: str = _f("reports/expert.json", "Trajectory metrics (a DVC metrics file).")
+
+    def __post_init__(self) -> None:
+        _nonempty(self, "splits")
+        _distinct(self, "splits")
+        _at_least(self, 0, "max_conversations")
 
 
 @dataclass(frozen=True)
@@ -212,6 +358,9 @@ class TypeMixConfig:
     single_session: float = _f(0.5, "Questions answerable from this session alone.")
     multi_session: float = _f(0.3, "Questions that need this session and earlier ones.")
     temporal: float = _f(0.2, "Questions about dates and order of events.")
+
+    def __post_init__(self) -> None:
+        _shares(self, "single_session", "multi_session", "temporal")
 
 
 @dataclass(frozen=True)
@@ -238,7 +387,7 @@ class SynthQAConfig:
         "this fraction of them stops the stage.",
     )
     llm_max_attempts: int = _f(3, "Attempts per session for the llm generator before its output is dropped.")
-    splits: tuple[str, ...] = _f(
+    splits: tuple[SplitName, ...] = _f(
         ("sft", "rl", "eval"),
         "Dialogue splits to generate questions for. eval questions measure held-out session QA; no training "
         "prompt is joined to them.",
@@ -247,13 +396,22 @@ class SynthQAConfig:
     output_dir: str = _f("data/qa", "Where QA JSON Lines, the HF dataset, quarantine and the dataset card go.")
     report_path: str = _f("reports/synth_qa.json", "QA quality metrics (a DVC metrics file).")
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "questions_per_session", "max_answer_words", "llm_max_attempts")
+        _fractions(self, "mix_tolerance", "min_usable_fraction", "max_uncovered_fraction")
+        for name in ("support_similarity", "duplicate_similarity"):
+            _in_range(self, name, -1, 1)  # cosine similarities
+        _nonempty(self, "splits")
+        _distinct(self, "splits")
+        _seeds(self, "seed")
+
 
 @dataclass(frozen=True)
 class SFTConfig:
     """sft: supervised warm-up on the expert trajectories (prompt = agent prompt, completion = teacher output)."""
 
     model_name_or_path: str = _f("models/base", "Model to fine-tune.")
-    splits: tuple[str, ...] = _f(("sft",), "Trajectory splits to train on.")
+    splits: tuple[SplitName, ...] = _f(("sft",), "Trajectory splits to train on.")
     use_lora: bool = _f(False, "LoRA (peft) instead of full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha.")
@@ -274,6 +432,20 @@ class SFTConfig:
     seed: int = _f(42, "Training seed.")
     output_dir: str = _f("models/sft", "Where the fine-tuned model (merged, loadable with from_pretrained) is written.")
     report_path: str = _f("reports/sft.json", "Training metrics (a DVC metrics file).")
+    plot_path: str = _f("reports/sft_loss.json", "Loss per logged step (a DVC plot table).")
+
+    def __post_init__(self) -> None:
+        _nonempty(self, "splits")
+        _distinct(self, "splits")
+        _at_least(self, 1, "lora_r", "lora_alpha", "per_device_batch_size", "gradient_accumulation_steps")
+        _at_least(self, 1, "max_length", "logging_steps")
+        _positive(self, "learning_rate", "epochs")
+        _require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            "max_steps",
+            f"must be -1 (run the epochs) or >= 1, got {self.max_steps}",
+        )
+        _seeds(self, "seed")
 
 
 @dataclass(frozen=True)
@@ -323,6 +495,7 @@ class ADRPOConfig:
     checkpoint_dir: str = _f("checkpoints/adrpo", "Trainer checkpoints (a DVC persist output: kept for resume).")
     output_dir: str = _f("models/adrpo", "Where the trained policy (from_pretrained-loadable) is written.")
     report_path: str = _f("reports/adrpo.json", "Training metrics (a DVC metrics file).")
+    plot_path: str = _f("reports/adrpo_reward.json", "Reward per step (a DVC plot table).")
 
 
 @dataclass(frozen=True)
@@ -343,7 +516,7 @@ class LongContextConfig:
     squad_eval_lengths_docs: tuple[int, ...] = _f(
         (5, 10, 20), "Documents per RULER-SQuAD input, gold included (at most the 1,204-paragraph pool); one row each."
     )
-    needle_tasks: tuple[str, ...] = _f(
+    needle_tasks: tuple[NeedleTask, ...] = _f(
         ("single", "multikey", "multivalue", "multiquery"), "Needle-in-a-haystack tasks on the essays."
     )
     needle_lengths_tokens: tuple[int, ...] = _f((1024, 2048), "Haystack lengths for the needle tasks, in tokens.")
@@ -352,6 +525,14 @@ class LongContextConfig:
     seed: int = _f(0, "Seed for question choice, distractor sampling and shuffling.")
     output_dir: str = _f("data/longcontext", "Where the JSON Lines sets and the manifest go.")
     report_path: str = _f("reports/longcontext_data.json", "Set sizes and lengths (a DVC metrics file).")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "eval_questions", "train_questions", "squad_eval_questions", "needle_samples")
+        _at_least(self, 1, "train_docs")
+        _distinct(self, "eval_lengths_docs", "squad_eval_lengths_docs", "needle_lengths_tokens", low=1)
+        _distinct(self, "needle_tasks")
+        _in_range(self, "length_tolerance", 0, 1, open_low=True, open_high=True)
+        _seeds(self, "seed")
 
 
 @dataclass(frozen=True)
@@ -364,6 +545,9 @@ class ReaderConfig:
     backend: Literal["transformers", "vllm"] = _f("transformers", "Generation engine of the reader.")
     batch_size: int = _f(8, "Questions read side by side (one prompt each per chunk step).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "Weights dtype (float32 on CPU when auto).")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "chunk_tokens", "memory_tokens", "answer_tokens", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -395,6 +579,7 @@ class MemAgentTrainConfig:
     checkpoint_dir: str = _f("checkpoints/memagent", "Trainer checkpoints (a DVC persist output: kept for resume).")
     output_dir: str = _f("models/memagent", "Where the trained reader is written.")
     report_path: str = _f("reports/memagent_train.json", "Training metrics (a DVC metrics file).")
+    plot_path: str = _f("reports/memagent_reward.json", "Reward per step (a DVC plot table).")
 
 
 @dataclass(frozen=True)
@@ -406,10 +591,19 @@ class EvalLongContextConfig:
     baseline_context_tokens: int = _f(
         0, "Window of the full-context baseline in tokens (0 = model.max_context_tokens)."
     )
-    tasks: tuple[str, ...] = _f(("hotpotqa", "squad", "needle"), "Sets to evaluate: hotpotqa, squad and/or needle.")
+    tasks: tuple[EvalSet, ...] = _f(("hotpotqa", "squad", "needle"), "Sets to evaluate: hotpotqa, squad and/or needle.")
     max_samples: int = _f(0, "Cap on samples per task and length (0 = all).")
     report_path: str = _f("reports/eval_longcontext.json", "Scores per task and length (a DVC metrics file).")
     rows_path: str = _f("reports/eval_longcontext_rows.jsonl", "Per-question predictions and scores.")
+    plots_dir: str = _f(
+        "reports/eval_longcontext_plots",
+        "Accuracy-vs-length tables, one <family>.json per task family (hotpotqa, squad, needle; DVC plots).",
+    )
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "baseline_context_tokens", "max_samples")
+        _nonempty(self, "tasks")
+        _distinct(self, "tasks")
 
 
 @dataclass(frozen=True)
@@ -435,24 +629,13 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The Prefect pipeline flow that runs the DVC stages."""
+    """The Prefect pipeline flow that runs the DVC stages (which stages: the flow's ``stages`` or ``group``)."""
 
-    stages: tuple[str, ...] = _f(
-        (
-            "prepare_model",
-            "ingest",
-            "expert",
-            "synth_qa",
-            "sft",
-            "adrpo",
-            "longcontext_data",
-            "memagent_train",
-            "eval_longcontext",
-        ),
-        "DVC stages the pipeline runs, in order.",
-    )
     retries: int = _f(1, "Retries per stage task.")
     retry_delay_seconds: float = _f(5.0, "Delay between retries.")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "retries", "retry_delay_seconds")
 
 
 @dataclass(frozen=True)
@@ -528,7 +711,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def build_dataclass(cls: type[T], raw: Any, key: str = "") -> T:
-    """Build config dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build config dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types; the section's own
+    range checks (``__post_init__``) run as it is built, their ``ConfigValueError`` keyed from ``key``."""
     where = key or cls.__name__
     if raw is None:
         raw = {}
@@ -542,37 +726,14 @@ def build_dataclass(cls: type[T], raw: Any, key: str = "") -> T:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown key '{_join(key, str(name))}'{hint}")
     kwargs = {name: _coerce(value, hints[name], _join(key, name)) for name, value in raw.items()}
-    instance = cls(**kwargs)
-    _validate(instance, where)
-    return instance
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as exc:
+        raise exc.within(where) from None
 
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
-
-
-def _validate(instance: Any, where: str) -> None:
-    """Cross-field checks a type annotation cannot express."""
-    if isinstance(instance, SplitConfig):
-        parts = (instance.sft, instance.rl, instance.eval)
-        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
-            raise ConfigError(f"{where}: sft + rl + eval must be non-negative and sum to 1, got {parts}")
-    if isinstance(instance, QualityConfig):
-        from components.dialogue.quality import EXPECTATION_NAMES
-
-        unknown = sorted(set(instance.critical) - set(EXPECTATION_NAMES))
-        if unknown:
-            raise ConfigError(f"{where}.critical: unknown expectation(s) {', '.join(unknown)}")
-    if isinstance(instance, MemoryConfig) and not 0 < instance.core_compress_to_chars < instance.core_max_chars:
-        raise ConfigError(f"{where}: need 0 < core_compress_to_chars < core_max_chars")
-    if isinstance(instance, BackendConfig) and instance.kind == "openai" and not instance.base_url:
-        raise ConfigError(f"{where}.base_url: required for kind 'openai'")
-    if isinstance(instance, TypeMixConfig):
-        parts = (instance.single_session, instance.multi_session, instance.temporal)
-        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
-            raise ConfigError(f"{where}: the type shares must be non-negative and sum to 1, got {parts}")
-    if isinstance(instance, PipelineConfig) and not instance.stages:
-        raise ConfigError(f"{where}.stages: at least one stage is required")
 
 
 def to_dict(instance: Any) -> Any:
@@ -662,47 +823,76 @@ def profile_params(name: str) -> Params:
 
 
 def render_params(params: Params, header: str = "") -> str:
-    """``params.yaml`` text: every field preceded by its help as a comment."""
+    """``params.yaml`` text: every field with its help as a comment.
+
+    Values are laid out exactly as DVC's YAML writer lays them out, so ``dvc exp run -S key=value`` (which
+    re-writes every value) changes one line. DVC drops the comments that follow a block list, so the help of a
+    field right after a list ends that field's key line instead of preceding it.
+    """
     lines = [
         "# memforge parameters: one section per stage. Generated from components/config.py;",
         "# edit values freely (the file is validated on load), or switch profile with `memforge params apply NAME`.",
     ]
     if header:
         lines.append(f"# profile: {header}")
-    _render_dataclass(params, 0, lines)
+    _render_section(params, (), lines)
     return "\n".join(lines) + "\n"
 
 
-def _render_value(value: Any) -> str:
-    import yaml
-
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
-    return text.removesuffix("\n...").removesuffix("...").strip()
-
-
-def _render_dataclass(instance: Any, indent: int, lines: list[str]) -> None:
-    pad = " " * indent
+def _render_section(instance: Any, path: tuple[str, ...], lines: list[str]) -> bool:
+    """Append the fields of dataclass ``instance`` found at ``path``; return whether they end with a block list."""
+    after_list = False
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
-        help_text = f.metadata.get("help", "")
-        if dataclasses.is_dataclass(value):
-            if indent == 0:
-                lines.append("")
-            lines.append(f"{pad}# {help_text}")
-            lines.append(f"{pad}{f.name}:")
-            _render_dataclass(value, indent + 2, lines)
-        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
-            lines.append(f"{pad}# {help_text}")
-            lines.append(f"{pad}{f.name}:")
-            for item in value:
-                item_lines: list[str] = []
-                for sub in dataclasses.fields(item):
-                    item_lines.append(f"{sub.name}: {_render_value(to_dict(getattr(item, sub.name)))}")
-                lines.append(f"{pad}  - {item_lines[0]}")
-                lines.extend(f"{pad}    {line}" for line in item_lines[1:])
-        else:
-            lines.append(f"{pad}# {help_text}")
-            lines.append(f"{pad}{f.name}: {_render_value(to_dict(value))}")
+        key_path = (*path, f.name)
+        section = dataclasses.is_dataclass(value)
+        block = [f"{'  ' * len(path)}{f.name}:"] if section else _dumped_lines(key_path, to_dict(value))
+        lines.extend(_with_help(block, f.metadata.get("help", ""), len(path), after_list))
+        after_list = _render_section(value, key_path, lines) if section else _ends_with_block_list(to_dict(value))
+    return after_list
+
+
+def _with_help(block: list[str], help_text: str, depth: int, after_list: bool) -> list[str]:
+    """A field's lines with its help: above it (top-level sections after a blank line), or at the end of its key
+    line where the field follows a block list and that line holds no wrapped scalar."""
+    if after_list and (len(block) == 1 or block[0].endswith(":")):
+        return [f"{block[0]}  # {help_text}", *block[1:]]
+    blank = [""] if depth == 0 else []
+    return [*blank, f"{'  ' * depth}# {help_text}", *block]
+
+
+def _dumped_lines(path: tuple[str, ...], value: Any) -> list[str]:
+    """The lines DVC's YAML writer emits for ``value`` at ``path`` (indentation, quoting and wrapping included)."""
+    from dvc.utils.serialize import dumps_yaml
+
+    nested: Any = _floats_with_a_point(value)
+    for key in reversed(path):
+        nested = {key: nested}
+    return dumps_yaml(nested).splitlines()[len(path) - 1 :]
+
+
+def _floats_with_a_point(value: Any) -> Any:
+    """``value`` with floats spelled as PyYAML spells them (``1.0e-05``), which DVC's writer keeps and both YAML 1.1
+    and 1.2 read as floats; DVC's own spelling (``1e-05``) is a string to YAML 1.1 readers such as PyYAML."""
+    import yaml
+    from dvc.utils.serialize import parse_yaml_for_update
+
+    if isinstance(value, float):
+        return parse_yaml_for_update(yaml.safe_dump([value]), "<float>")[0]
+    if isinstance(value, list):
+        return [_floats_with_a_point(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _floats_with_a_point(item) for key, item in value.items()}
+    return value
+
+
+def _ends_with_block_list(value: Any) -> bool:
+    """Whether YAML for ``value`` ends with a block list (DVC's writer emits only empty lists in flow style)."""
+    if isinstance(value, list):
+        return bool(value)
+    if isinstance(value, dict) and value:
+        return _ends_with_block_list(list(value.values())[-1])
+    return False
 
 
 def apply_profile(name: str, path: str | Path = DEFAULT_PARAMS_FILE) -> Params:

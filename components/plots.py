@@ -49,14 +49,25 @@ def line_chart(
     *,
     log_x: bool = False,
     ylim: tuple[float, float] | None = None,
+    spread: Mapping[str, list[tuple[float, float]]] | None = None,
 ) -> Any:
-    """One line chart per panel (``{panel title: {series name: [(x, y), ...]}}``), side by side."""
+    """One line chart per panel (``{panel title: {series name: [(x, y), ...]}}``), side by side.
+
+    ``spread`` (``{series name: [(x, half-width), ...]}``) shades y +- half-width around that series, e.g. one
+    standard deviation.
+    """
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for axis, (panel_title, series) in zip(axes[0], panels.items(), strict=True):
         for name, points in series.items():
             ordered = sorted(points)
-            axis.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o", markersize=4, label=name)
+            xs, ys = [x for x, _ in ordered], [y for _, y in ordered]
+            (line,) = axis.plot(xs, ys, marker="o", markersize=4, label=name)
+            widths = dict((spread or {}).get(name, []))
+            if widths and all(x in widths for x in xs):
+                low = [y - widths[x] for x, y in ordered]
+                high = [y + widths[x] for x, y in ordered]
+                axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, label=f"{name} +- spread")
         if log_x:
             axis.set_xscale("log")
         if ylim is not None:

@@ -15,6 +15,7 @@ from prefect.logging import get_run_logger
 
 from components.config import load_params, render_params, to_dict
 from components.io import write_text_atomic
+from components.stages.registry import Group, select_stages
 from components.tracking import PARENT_RUN_ENV, end_pipeline_run, start_pipeline_run
 from flows.dvc_tasks import run_dvc_stage
 
@@ -32,18 +33,19 @@ def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
 @flow(name="memforge-pipeline", log_prints=True)
 def memforge_pipeline(
     stages: list[str] | None = None,
+    group: Group = "all",
     params_overrides: dict[str, Any] | None = None,
     params_file: str = "params.yaml",
     repo_dir: str = ".",
 ) -> dict[str, Any]:
-    """Run the DVC stages in order; each is skipped by DVC when its inputs did not change."""
+    """Run the DVC stages in pipeline order (``stages``, else every stage of ``group``); DVC skips unchanged ones."""
     logger = get_run_logger()
+    chosen = select_stages(stages, group)
     repo = Path(repo_dir).resolve()
     params_path = repo / params_file
     if params_overrides:
         apply_overrides(params_path, params_overrides)
     params = load_params(params_path)
-    chosen = list(stages or params.pipeline.stages)
     stage_task = run_dvc_stage.with_options(
         retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds
     )

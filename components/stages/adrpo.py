@@ -11,8 +11,8 @@ mean/std overall and per part, format failure rates, attribution weights, length
 final metrics and the model card.
 
 Outputs: the model folder (``adrpo.output_dir``, ``from_pretrained``-loadable, with ``memforge_model.json``),
-``adrpo.report_path`` (metrics), ``reports/adrpo_reward.json`` beside it (``[{step, reward, ...}]`` for
-``dvc plots``) and the checkpoints in ``adrpo.checkpoint_dir`` (a DVC ``persist`` output: a killed run resumes).
+``adrpo.report_path`` (metrics), ``adrpo.plot_path`` (``[{step, reward, ...}]`` for ``dvc plots``) and the
+checkpoints in ``adrpo.checkpoint_dir`` (a DVC ``persist`` output: a killed run resumes).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, to_dict
+from components.config import Params
 from components.errors import InputError
-from components.training.adrpo import ADRPOOutcome
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
-REWARD_PLOT_FILE = "adrpo_reward.json"
 PROMPTS_DIR = "prompts"
 COMPLETIONS_TABLE = "adrpo/completions.json"
 
@@ -33,11 +33,6 @@ COMPLETIONS_TABLE = "adrpo/completions.json"
 def prompts_path(params: Params) -> Path:
     """The synth_qa prompts dataset: ``{synth_qa.output_dir}/prompts``."""
     return Path(params.synth_qa.output_dir) / PROMPTS_DIR
-
-
-def reward_plot_path(params: Params) -> Path:
-    """``reports/adrpo_reward.json``: beside ``adrpo.report_path``."""
-    return Path(params.adrpo.report_path).parent / REWARD_PLOT_FILE
 
 
 def load_prompts(path: str | Path, splits: Sequence[str]) -> Any:
@@ -90,30 +85,14 @@ def build_judge(params: Params) -> tuple[Any, list[Any]]:
 
 
 def reward_figure(points: Sequence[Mapping[str, float]], title: str) -> Any:
-    """Mean ADRPO reward (band: +- one std) and mean task reward against optimizer step."""
-    import matplotlib
+    """Mean ADRPO reward (shaded: +- one std) and mean task reward against optimizer step."""
+    from components.plots import line_chart
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    steps = [p["step"] for p in points]
-    reward = [p["reward"] for p in points]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(steps, reward, marker="o", markersize=3, color="#4c72b0", label="reward (mean)")
-    if all("reward_std" in p for p in points):
-        low = [p["reward"] - p["reward_std"] for p in points]
-        high = [p["reward"] + p["reward_std"] for p in points]
-        axis.fill_between(steps, low, high, color="#4c72b0", alpha=0.2, label="+- 1 std")
+    series = {"reward (mean)": [(p["step"], p["reward"]) for p in points]}
     if all("task_reward" in p for p in points):
-        axis.plot(steps, [p["task_reward"] for p in points], ls="--", color="#dd8452", label="task reward (mean)")
-    axis.set_xlabel("step")
-    axis.set_ylabel("reward")
-    axis.set_ylim(-0.05, 1.05)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    return figure
+        series["task reward (mean)"] = [(p["step"], p["task_reward"]) for p in points]
+    spread = {"reward (mean)": [(p["step"], p["reward_std"]) for p in points if "reward_std" in p]}
+    return line_chart({title: series}, "adrpo", "step", "reward", ylim=(-0.05, 1.05), spread=spread)
 
 
 def completions_table(rows: Sequence[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -127,50 +106,33 @@ def completions_table(rows: Sequence[Mapping[str, Any]], limit: int) -> list[dic
     return [dict(rows[i * (len(rows) - 1) // (limit - 1)]) for i in range(limit)]
 
 
-def run(params: Params) -> ADRPOOutcome:
-    """The DVC stage entry: ADRPO training under an MLflow run, then the reports."""
-    from components.io import write_json_atomic
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Train ``adrpo.model_name_or_path`` with ADRPO on the synth_qa prompts of ``adrpo.splits``."""
     from components.llm.model_assets import MODEL_CARD_FILE
-    from components.plots import close
-    from components.tracking import stage_run
     from components.training.adrpo import train_adrpo
 
     cfg = params.adrpo
     source = prompts_path(params)
-    section: dict[str, Any] = {"adrpo": to_dict(cfg), "memory": to_dict(params.memory)}
-    if cfg.judge == "llm":
-        section["backends"] = {"answerer": to_dict(params.backends.answerer), "judge": to_dict(params.backends.judge)}
-    with stage_run("adrpo", params.tracking, params_section=section) as tracked:
-        prompts = load_prompts(source, cfg.splits)
-        tracked.log_input_dataset(
-            source, name="adrpo-prompts", context="training", profile={"rows": len(prompts), "splits": cfg.splits}
-        )
-        if Path(cfg.model_name_or_path).is_dir():
-            tracked.log_input_dataset(cfg.model_name_or_path, name="policy", context="model")
-
-        def on_log(logs: dict[str, float], step: int) -> None:
-            tracked.log_metrics(logs, step=step)
-
-        judge, backends = build_judge(params)
-        try:
-            outcome = train_adrpo(cfg, prompts, cfg.output_dir, params.memory, on_log=on_log, judge=judge)
-        finally:
-            for backend in backends:
-                backend.close()
-        metrics = outcome.metrics()
-        points = outcome.reward_history()
-        write_json_atomic(cfg.report_path, metrics)
-        write_json_atomic(reward_plot_path(params), points)
-        tracked.log_metrics(metrics)
-        tracked.log_artifact(cfg.report_path, "adrpo")
-        tracked.log_artifact(reward_plot_path(params), "adrpo")
-        tracked.log_artifact(Path(cfg.output_dir) / MODEL_CARD_FILE, "model")
-        table = completions_table(outcome.completions, cfg.log_completions)
-        if table:
-            tracked.log_table(table, COMPLETIONS_TABLE)
-        if points:
-            title = f"adrpo ({cfg.judge}, {cfg.attribution}): {outcome.sessions} sessions, {outcome.steps} steps"
-            figure = reward_figure(points, title)
-            tracked.log_figure(figure, "adrpo/reward_curve.png")
-            close(figure)
-    return outcome
+    prompts = load_prompts(source, cfg.splits)
+    tracked.log_input_dataset(
+        source, name="adrpo-prompts", context="training", profile={"rows": len(prompts), "splits": cfg.splits}
+    )
+    if Path(cfg.model_name_or_path).is_dir():
+        tracked.log_input_dataset(cfg.model_name_or_path, name="policy", context="model")
+    judge, backends = build_judge(params)
+    try:
+        outcome = train_adrpo(cfg, prompts, cfg.output_dir, params.memory, on_log=tracked.log_step, judge=judge)
+    finally:
+        for backend in backends:
+            backend.close()
+    points = outcome.reward_history()
+    title = f"{cfg.judge}, {cfg.attribution}: {outcome.sessions} sessions, {outcome.steps} steps"
+    return StageResult(
+        metrics=outcome.metrics(),
+        metrics_path=cfg.report_path,
+        timings=outcome.timings(),
+        plots={cfg.plot_path: points},
+        artifacts=[(str(Path(cfg.output_dir) / MODEL_CARD_FILE), "model")],
+        figures={"adrpo/reward_curve.png": reward_figure(points, title)} if points else {},
+        tables={COMPLETIONS_TABLE: completions_table(outcome.completions, cfg.log_completions)},
+    )

@@ -15,8 +15,8 @@ metric), EM and F1 against the alternatives; for needle tasks ``correct`` needs 
 read one (task, length) group at a time, so questions read side by side have inputs of one size.
 
 Outputs: ``eval.rows_path`` (one JSON line per sample and method), ``eval.report_path`` (DVC metrics:
-``{method: {task: {length: scores}}}`` plus each method's mean), and, beside it, one DVC plot table per task family,
-``eval_longcontext_<family>.json`` (``[{length, input_tokens, memagent, full_context}]``). MLflow gets the
+``{method: {task: {length: scores}}}`` plus each method's mean), and one DVC plot table per task family,
+``{eval.plots_dir}/<family>.json`` (``[{length, input_tokens, memagent, full_context}]``). MLflow gets the
 scores as metrics, the summary and per-question tables, the accuracy-vs-length figure and the report files.
 """
 
@@ -25,14 +25,15 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, to_dict
+from components.config import Params
 from components.errors import ConfigError, InputError
 from components.evaluation.longcontext import EvalRow, headline, plot_rows, summarise, task_family
 from components.longcontext.schema import LongContextSample
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +42,14 @@ PLOT_FAMILIES = ("hotpotqa", "squad", "needle")
 TABLE_ROWS = 200  # per-question rows logged to MLflow as a table (the full file is an artifact)
 
 
-@dataclass(frozen=True)
-class EvalLongContextResult:
-    """What the stage measured; ``metrics()`` is what the CLI prints."""
-
-    rows: list[EvalRow]
-    summary: list[dict[str, Any]]
-    report: dict[str, Any]
-
-    def metrics(self) -> dict[str, Any]:
-        return {"samples": len({r.sample_id for r in self.rows}), "answers": len(self.rows), **self.report["mean"]}
-
-
 def set_paths(params: Params) -> list[Path]:
-    """The evaluation files of ``memagent.eval.tasks``; unknown set names are a config error."""
-    unknown = sorted(set(params.memagent.eval.tasks) - set(SET_FILES))
-    if unknown:
-        raise ConfigError(f"memagent.eval.tasks: unknown set(s) {unknown}; choose from {sorted(SET_FILES)}")
+    """The evaluation files of ``memagent.eval.tasks`` (its ``EvalSet`` type admits only ``SET_FILES``' names)."""
     return [Path(params.longcontext.output_dir) / SET_FILES[name] for name in params.memagent.eval.tasks]
 
 
-def plot_path(params: Params, family: str) -> Path:
-    """``reports/eval_longcontext_<family>.json``: beside ``memagent.eval.report_path``."""
-    report = Path(params.memagent.eval.report_path)
-    return report.parent / f"{report.stem}_{family}.json"
+def plot_path(params: Params, family: str) -> str:
+    """``{memagent.eval.plots_dir}/<family>.json``: one accuracy-vs-length table per task family."""
+    return str(Path(params.memagent.eval.plots_dir) / f"{family}.json")
 
 
 def load_eval_samples(paths: Sequence[Path], max_samples: int = 0) -> list[LongContextSample]:
@@ -186,46 +171,37 @@ def evaluate(params: Params, samples: Sequence[LongContextSample]) -> list[EvalR
     return rows
 
 
-def run(params: Params) -> EvalLongContextResult:
-    """The DVC stage entry: evaluate under an MLflow run, then write the rows, the report and the plot tables."""
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Evaluate ``memagent.eval.model_name_or_path`` on the sets of ``memagent.eval.tasks``."""
     from components.evaluation.longcontext import accuracy_figure
-    from components.io import atomic_writer, dumps_jsonl_record, write_json_atomic
+    from components.io import atomic_writer, dumps_jsonl_record
     from components.llm.model_assets import MODEL_CARD_FILE
-    from components.plots import close
-    from components.tracking import stage_run
 
     cfg = params.memagent
     paths = set_paths(params)
-    section = {"memagent": {"reader": to_dict(cfg.reader), "eval": to_dict(cfg.eval)}}
-    with stage_run("eval_longcontext", params.tracking, params_section=section) as tracked:
-        samples = load_eval_samples(paths, cfg.eval.max_samples)
-        for path in paths:
-            tracked.log_input_dataset(path, name=f"longcontext-{path.stem}", context="evaluation")
-        model_dir = Path(cfg.eval.model_name_or_path)
-        if model_dir.is_dir():
-            tracked.log_input_dataset(model_dir, name="model", context="model")
-        if (model_dir / MODEL_CARD_FILE).is_file():  # which trained model these scores belong to
-            tracked.log_artifact(model_dir / MODEL_CARD_FILE, "model")
-        rows = evaluate(params, samples)
-        summary = summarise(rows)
-        report = nested_report(summary)
-
-        with atomic_writer(cfg.eval.rows_path) as handle:
-            for row in rows:
-                handle.write(dumps_jsonl_record(row.to_dict()))
-        write_json_atomic(cfg.eval.report_path, report)
-        tables = plot_rows(summary)
-        for family in PLOT_FAMILIES:
-            write_json_atomic(plot_path(params, family), tables.get(family, []))
-
-        tracked.log_metrics(headline(summary))
-        tracked.log_table(summary, "eval_longcontext/summary.json")
-        tracked.log_table([r.to_dict() for r in rows[:TABLE_ROWS]], "eval_longcontext/answers.json")
-        for path in (cfg.eval.report_path, cfg.eval.rows_path, *(plot_path(params, f) for f in PLOT_FAMILIES)):
-            tracked.log_artifact(path, "eval_longcontext")
-        figure = accuracy_figure(summary)
-        tracked.log_figure(figure, "eval_longcontext/accuracy_vs_length.png")
-        close(figure)
-        families = sorted({task_family(r.task) for r in rows})
-        logger.info("eval_longcontext: %d answers over %s; %s", len(rows), families, report["mean"])
-    return EvalLongContextResult(rows=rows, summary=summary, report=report)
+    samples = load_eval_samples(paths, cfg.eval.max_samples)
+    for path in paths:
+        tracked.log_input_dataset(path, name=f"longcontext-{path.stem}", context="evaluation")
+    model_dir = Path(cfg.eval.model_name_or_path)
+    if model_dir.is_dir():
+        tracked.log_input_dataset(model_dir, name="model", context="model")
+    rows = evaluate(params, samples)
+    summary = summarise(rows)
+    report = nested_report(summary)
+    with atomic_writer(cfg.eval.rows_path) as handle:
+        for row in rows:
+            handle.write(dumps_jsonl_record(row.to_dict()))
+    tables = plot_rows(summary)
+    families = sorted({task_family(r.task) for r in rows})
+    logger.info("eval_longcontext: %d answers over %s; %s", len(rows), families, report["mean"])
+    return StageResult(
+        metrics=report,
+        metrics_path=cfg.eval.report_path,
+        plots={plot_path(params, family): tables.get(family, []) for family in PLOT_FAMILIES},
+        artifacts=[(cfg.eval.rows_path, "eval_longcontext"), (str(model_dir / MODEL_CARD_FILE), "model")],
+        figures={"eval_longcontext/accuracy_vs_length.png": accuracy_figure(summary)},
+        tables={
+            "eval_longcontext/summary.json": summary,
+            "eval_longcontext/answers.json": [r.to_dict() for r in rows[:TABLE_ROWS]],
+        },
+    )

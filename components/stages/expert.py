@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, to_dict
+from components.config import Params
 from components.dialogue.loaders import load_jsonl
 from components.dialogue.schema import session_to_dict
 from components.io import atomic_directory, dumps_jsonl_record
@@ -22,6 +22,8 @@ from components.memory.construction import SessionStep, bank_factory, build_memo
 from components.memory.teachers import HeuristicTeacher, LLMTeacher, OracleTeacher, Teacher
 from components.memory.types import PARTS
 from components.progress import progress
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
 SAMPLE_ROWS = 20
 
@@ -169,26 +171,16 @@ def composition_figure(result: ExpertResult) -> Any:
     )
 
 
-def run(params: Params) -> ExpertResult:
-    """The DVC stage entry: trajectories under an MLflow run."""
-    from components.io import write_json_atomic
-    from components.plots import close
-    from components.tracking import stage_run
-
-    section = {"expert": to_dict(params.expert), "memory": to_dict(params.memory)}
-    if params.expert.teacher == "llm":
-        section["backends.teacher"] = to_dict(params.backends.teacher)  # the key's env var name only, never its value
-    with stage_run("expert", params.tracking, params_section=section) as tracked:
-        for split in params.expert.splits:
-            path = Path(params.ingest.output_dir) / f"{split}.jsonl"
-            tracked.log_input_dataset(path, name=f"dialogues-{split}", context="training")
-        result = expert(params)
-        write_json_atomic(params.expert.report_path, result.metrics())
-        tracked.log_metrics(result.metrics())
-        tracked.log_artifact(Path(params.expert.output_dir) / "summary.json", "trajectories")
-        if result.samples:
-            tracked.log_table(result.samples, "trajectories/samples.json")
-        figure = composition_figure(result)
-        tracked.log_figure(figure, "trajectories/memory_composition.png")
-        close(figure)
-    return result
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Build the trajectories of ``expert.splits`` into ``expert.output_dir``."""
+    for split in params.expert.splits:
+        path = Path(params.ingest.output_dir) / f"{split}.jsonl"
+        tracked.log_input_dataset(path, name=f"dialogues-{split}", context="training")
+    result = expert(params)
+    return StageResult(
+        metrics=result.metrics(),
+        metrics_path=params.expert.report_path,
+        artifacts=[(str(Path(params.expert.output_dir) / "summary.json"), "trajectories")],
+        figures={"trajectories/memory_composition.png": composition_figure(result)},
+        tables={"trajectories/samples.json": result.samples},
+    )

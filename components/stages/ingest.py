@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from components.config import IngestConfig, Params, to_dict
+from components.config import IngestConfig, Params
 from components.dialogue.loaders import LoadedConversation, iter_source
 from components.dialogue.quality import (
     DialogueValidator,
@@ -27,8 +27,10 @@ from components.dialogue.quality import (
 from components.dialogue.schema import conversation_to_dict
 from components.dialogue.splits import SPLIT_NAMES, assign_splits
 from components.errors import InputError, QualityGateError
-from components.io import atomic_directory, dumps_jsonl_record, write_json_atomic
+from components.io import atomic_directory, dumps_jsonl_record
 from components.progress import progress
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
 VALIDATED_POOL = ".validated.jsonl"
 
@@ -49,7 +51,7 @@ class IngestResult:
     pass_rates: dict[str, float]
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics for DVC and MLflow."""
+        """Flat numeric metrics, the same for the same inputs (the DVC metrics file)."""
         out: dict[str, float] = {
             "conversations_read": self.conversations_read,
             "conversations_kept": self.conversations_kept,
@@ -59,12 +61,17 @@ class IngestResult:
             "sessions_dropped_empty": self.sessions_dropped_empty,
             "turns": self.turns,
             "questions": self.questions,
-            "seconds": round(self.seconds, 3),
-            "sessions_per_second": round(self.sessions / max(self.seconds, 1e-9), 1),
         }
         out.update({f"split_{name}": count for name, count in self.split_counts.items()})
         out.update({f"pass_rate_{name}": rate for name, rate in self.pass_rates.items()})
         return out
+
+    def timings(self) -> dict[str, float]:
+        """Wall-clock measurements (MLflow only: they change on every run)."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "sessions_per_second": round(self.sessions / max(self.seconds, 1e-9), 1),
+        }
 
 
 def iter_conversations(cfg: IngestConfig) -> Iterator[LoadedConversation]:
@@ -226,42 +233,26 @@ def quality_figure(result: IngestResult) -> Any:
     )
 
 
-def run(params: Params) -> IngestResult:
-    """The DVC stage entry: ingest under an MLflow run, then write the reports."""
-    from components.tracking import stage_run
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Ingest ``ingest.sources`` into ``ingest.output_dir``; a failed gate logs its validation result first."""
+    from components.tracking import dvc_digest
 
     cfg = params.ingest
-    report_dir = Path(cfg.report_path).parent
-    validation_path = report_dir / "ingest_validation.json"
-    plot_path = report_dir / "ingest_pass_rates.json"
-    with stage_run("ingest", params.tracking, params_section={"ingest": to_dict(cfg)}) as tracked:
-        for name, path in _source_paths(cfg):
-            tracked.log_input_dataset(path, name=name, context="source")
-        try:
-            result, validation = ingest(cfg)
-        except QualityGateError as exc:
-            tracked.log_dict(getattr(exc, "validation_result", {}), "quality/ingest_validation.json")
-            raise
-        write_json_atomic(cfg.report_path, result.metrics())
-        write_json_atomic(validation_path, validation)
-        write_json_atomic(plot_path, pass_rate_rows(result))
-        tracked.log_metrics(result.metrics())
-        from components.plots import close
-
-        figure = quality_figure(result)
-        tracked.log_figure(figure, "quality/ingest_quality.png")
-        close(figure)
-        tracked.log_dict(validation, "quality/ingest_validation.json")
-        tracked.log_artifact(cfg.report_path, "quality")
-        tracked.log_artifact(Path(cfg.output_dir) / "splits.json", "dialogues")
-        tracked.log_artifact(Path(cfg.output_dir) / "quarantine.jsonl", "dialogues")
-        from components.tracking import dvc_digest
-
-        tracked.set_tags(
-            {
-                f"memforge.output_md5.{split}": dvc_digest(Path(cfg.output_dir) / f"{split}.jsonl")
-                for split in SPLIT_NAMES
-            }
-        )
-        tracked.log_dict(asdict(result), "ingest_result.json")
-    return result
+    for name, path in _source_paths(cfg):
+        tracked.log_input_dataset(path, name=name, context="source")
+    try:
+        result, validation = ingest(cfg)
+    except QualityGateError as exc:
+        tracked.log_dict(getattr(exc, "validation_result", {}), "ingest/ingest_validation.json")
+        raise
+    output = Path(cfg.output_dir)
+    return StageResult(
+        metrics=result.metrics(),
+        metrics_path=cfg.report_path,
+        timings=result.timings(),
+        plots={cfg.plot_path: pass_rate_rows(result)},
+        reports={cfg.validation_path: validation},
+        artifacts=[(str(output / "splits.json"), "dialogues"), (str(output / "quarantine.jsonl"), "dialogues")],
+        figures={"ingest/ingest_quality.png": quality_figure(result)},
+        tags={f"memforge.output_md5.{split}": dvc_digest(output / f"{split}.jsonl") for split in SPLIT_NAMES},
+    )

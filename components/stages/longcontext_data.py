@@ -65,33 +65,10 @@ SOURCE_FILES = (HOTPOTQA_FILE, SQUAD_FILE, ESSAYS_FILE)
 POOL_LENGTH_KEYS = (("eval_lengths_docs", "hotpotqa"), ("train_docs", "hotpotqa"), ("squad_eval_lengths_docs", "squad"))
 
 
-def check_config(cfg: LongContextConfig, pool_sizes: Mapping[str, int] | None = None) -> None:
-    """Cross-field checks the config types cannot express; a ``ConfigError`` names the key.
-
-    With ``pool_sizes`` (source name -> distinct paragraphs), lengths that no input of that pool can reach fail too.
-    """
-    from components.longcontext.needle import TASK_SHAPES
-
-    unknown = [t for t in cfg.needle_tasks if t not in TASK_SHAPES]
-    if unknown:
-        raise ConfigError(f"longcontext.needle_tasks: unknown task(s) {unknown}; expected {', '.join(TASK_SHAPES)}")
-    for key in ("eval_questions", "train_questions", "squad_eval_questions", "needle_samples"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"longcontext.{key}: must be >= 0, got {getattr(cfg, key)}")
-    for key in ("eval_lengths_docs", "squad_eval_lengths_docs", "needle_lengths_tokens"):
-        values = getattr(cfg, key)
-        if any(v < 1 for v in values) or len(set(values)) != len(values):
-            raise ConfigError(f"longcontext.{key}: lengths must be distinct and >= 1, got {list(values)}")
-    if cfg.train_docs < 1:
-        raise ConfigError(f"longcontext.train_docs: must be >= 1, got {cfg.train_docs}")
-    if not 0 < cfg.length_tolerance < 1:
-        raise ConfigError(f"longcontext.length_tolerance: must be in (0, 1), got {cfg.length_tolerance}")
-    if pool_sizes is not None:
-        check_pool_lengths(cfg, pool_sizes)
-
-
 def check_pool_lengths(cfg: LongContextConfig, pool_sizes: Mapping[str, int]) -> None:
-    """Every input length fits its source's pool (gold + distinct distractors); a ``ConfigError`` names the key."""
+    """Every input length fits its source's pool (gold + distinct distractors); a ``ConfigError`` names the key.
+
+    The one config check that needs the data; ``LongContextConfig`` checks everything else when it is built."""
     for key, source in POOL_LENGTH_KEYS:
         value = getattr(cfg, key)
         longest = max(value, default=0) if isinstance(value, tuple) else value
@@ -313,7 +290,6 @@ def build(
     ``filter_answerable_without_context`` is set and no ``backend`` is passed, the transformers model asked.
     """
     started = time.perf_counter()
-    check_config(cfg)
     tokenizer = load_tokenizer(model_dir)
     counter = TokenCounter(batch_encoder(tokenizer))
     hotpot, squad = load_hotpotqa(), load_squad()

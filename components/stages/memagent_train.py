@@ -8,8 +8,8 @@ checkpoints of a run with other settings or inputs are cleared first (``componen
 
 Under one MLflow run: params, the training set and base model as input datasets, every trainer log per step
 (reward, boxed fraction, memory size, advantages, KL, clip ratio), a reward-curve figure, sampled trajectories as a
-table, the final metrics. Outputs: the model folder, ``memagent.train.report_path`` (metrics) and, beside it,
-``memagent_reward.json`` (``[{step, reward, boxed_fraction}]`` for ``dvc plots``).
+table, the final metrics. Outputs: the model folder, ``memagent.train.report_path`` (metrics) and
+``memagent.train.plot_path`` (``[{step, reward, boxed_fraction}]`` for ``dvc plots``).
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ from typing import Any
 
 from components.config import Params, to_dict
 from components.errors import InputError
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
 TRAIN_FILE = "hotpotqa_train.jsonl"
-REWARD_PLOT_FILE = "memagent_reward.json"
 
 
 def train_path(params: Params) -> Path:
     return Path(params.longcontext.output_dir) / TRAIN_FILE
-
-
-def reward_plot_path(params: Params) -> Path:
-    """``reports/memagent_reward.json``: beside ``memagent.train.report_path``."""
-    return Path(params.memagent.train.report_path).parent / REWARD_PLOT_FILE
 
 
 def reward_points(history: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -68,53 +64,42 @@ def train_samples(path: Path, store: Any) -> list[Any]:
     return samples
 
 
-def run(params: Params) -> Any:
-    """The DVC stage entry: train under an MLflow run, then write the reports."""
-    from components.io import write_json_atomic
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Train ``memagent.train.model_name_or_path`` on the RULER-HotpotQA training questions."""
     from components.llm.model_assets import MODEL_CARD_FILE
     from components.longcontext.store import LongContextStore
-    from components.plots import close, line_chart
-    from components.tracking import stage_run
+    from components.plots import line_chart
     from components.training.checkpoints import claim_checkpoint_dir, run_fingerprint
     from components.training.memagent import train_memagent
 
     cfg = params.memagent
     path = train_path(params)
-    section = {"memagent": {"reader": to_dict(cfg.reader), "train": to_dict(cfg.train)}}
-    with stage_run("memagent_train", params.tracking, params_section=section) as tracked:
-        if not path.is_file():
-            raise InputError(path, "training set not found; run the longcontext_data stage")
-        tracked.log_input_dataset(path, name="hotpotqa-train", context="training")
-        inputs = [path]
-        if Path(cfg.train.model_name_or_path).is_dir():
-            tracked.log_input_dataset(cfg.train.model_name_or_path, name="base-model", context="model")
-            inputs.append(Path(cfg.train.model_name_or_path))
-        fingerprint = run_fingerprint({**to_dict(cfg.train), "reader": to_dict(cfg.reader)}, inputs)
-        claim_checkpoint_dir(cfg.train.checkpoint_dir, fingerprint)
-        with LongContextStore.open(params.longcontext.output_dir) as store:
-            samples = train_samples(path, store)
-
-            def on_log(logs: dict[str, float], step: int) -> None:
-                tracked.log_metrics(logs, step=step)
-
-            outcome = train_memagent(cfg.train, cfg.reader, samples, on_log=on_log)
-        metrics = outcome.metrics()
-        points = reward_points(outcome.history)
-        write_json_atomic(cfg.train.report_path, metrics)
-        write_json_atomic(reward_plot_path(params), points)
-        tracked.log_metrics(metrics)
-        tracked.log_artifact(cfg.train.report_path, "memagent_train")
-        tracked.log_artifact(reward_plot_path(params), "memagent_train")
-        tracked.log_artifact(Path(cfg.train.output_dir) / MODEL_CARD_FILE, "model")
-        if outcome.trajectories:
-            tracked.log_table(outcome.trajectories, "memagent_train/trajectories.json")
-        figure = line_chart(
-            {"memagent_train": {"reward": [(p["step"], p["reward"]) for p in points]}},
-            f"MemAgent GRPO: {outcome.questions} questions, {outcome.steps} steps",
-            "step",
-            "mean reward (boxed exact match)",
-            ylim=(0, 1),
-        )
-        tracked.log_figure(figure, "memagent_train/reward_curve.png")
-        close(figure)
-    return outcome
+    if not path.is_file():
+        raise InputError(path, "training set not found; run the longcontext_data stage")
+    tracked.log_input_dataset(path, name="hotpotqa-train", context="training")
+    inputs = [path]
+    if Path(cfg.train.model_name_or_path).is_dir():
+        tracked.log_input_dataset(cfg.train.model_name_or_path, name="base-model", context="model")
+        inputs.append(Path(cfg.train.model_name_or_path))
+    fingerprint = run_fingerprint({**to_dict(cfg.train), "reader": to_dict(cfg.reader)}, inputs)
+    claim_checkpoint_dir(cfg.train.checkpoint_dir, fingerprint)
+    with LongContextStore.open(params.longcontext.output_dir) as store:
+        samples = train_samples(path, store)
+        outcome = train_memagent(cfg.train, cfg.reader, samples, on_log=tracked.log_step)
+    points = reward_points(outcome.history)
+    figure = line_chart(
+        {"memagent_train": {"reward": [(p["step"], p["reward"]) for p in points]}},
+        f"MemAgent GRPO: {outcome.questions} questions, {outcome.steps} steps",
+        "step",
+        "mean reward (boxed exact match)",
+        ylim=(0, 1),
+    )
+    return StageResult(
+        metrics=outcome.metrics(),
+        metrics_path=cfg.train.report_path,
+        timings=outcome.timings(),
+        plots={cfg.train.plot_path: points},
+        artifacts=[(str(Path(cfg.train.output_dir) / MODEL_CARD_FILE), "model")],
+        figures={"memagent_train/reward_curve.png": figure},
+        tables={"memagent_train/trajectories.json": outcome.trajectories},
+    )

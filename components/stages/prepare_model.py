@@ -4,27 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import Params, to_dict
+from components.config import Params
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
+
+SHAPE_METRICS = ("parameter_count", "vocab_size", "tokenizer_size", "max_context_tokens", "size_bytes")
 
 
-def run(params: Params) -> dict[str, object]:
-    """The DVC stage entry: prepare the model under an MLflow run; returns the model card."""
-    from components.llm.model_assets import prepare_model
-    from components.tracking import stage_run
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Prepare ``model.name_or_path`` into ``model.output_dir``; the card's sizes are the metrics."""
+    from components.llm.model_assets import MODEL_CARD_FILE, prepare_model
 
     cfg = params.model
-    with stage_run("prepare_model", params.tracking, params_section={"model": to_dict(cfg)}) as tracked:
-        prepared = prepare_model(cfg, cfg.output_dir)
-        card = prepared.to_dict()
-        numeric = {
-            key: float(value)
-            for key, value in card.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
-        }
-        tracked.log_metrics(numeric)
-        tracked.log_dict(card, "model/memforge_model.json")
-        tracked.set_tags({"memforge.model.source": str(card.get("source", cfg.name_or_path))})
-        card_file = Path(cfg.output_dir) / "memforge_model.json"
-        if card_file.exists():
-            tracked.log_artifact(card_file, "model")
-    return card
+    prepared = prepare_model(cfg, cfg.output_dir)
+    card = prepared.card()
+    return StageResult(
+        metrics={key: card[key] for key in SHAPE_METRICS},
+        metrics_path=cfg.report_path,
+        timings={"seconds": prepared.seconds},
+        artifacts=[(str(Path(cfg.output_dir) / MODEL_CARD_FILE), "model")],
+        tags={"memforge.model.source": str(card.get("source", cfg.name_or_path))},
+    )

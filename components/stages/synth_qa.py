@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, to_dict
+from components.config import Params
 from components.dialogue.loaders import load_jsonl
 from components.dialogue.schema import Conversation
 from components.errors import InputError, QualityGateError
-from components.io import atomic_directory, dumps_jsonl_record, iter_jsonl, write_json_atomic
+from components.io import atomic_directory, dumps_jsonl_record, iter_jsonl
 from components.progress import progress
 from components.qa.schema import QARow
+from components.tracking.publish import StageResult
+from components.tracking.runs import StageRun
 
 GENERATION_CHUNK = 256  # sessions per generator call (one batched backend call for the llm generator)
 
@@ -54,14 +56,17 @@ class SynthQAResult:
             "generator_dropped": self.dropped_by_generator,
             "rl_prompts": self.prompts,
             "sessions_without_questions": self.sessions_without_questions,
-            "seconds": round(self.seconds, 3),
-            "sessions_per_second": round(sum(self.sessions.values()) / max(self.seconds, 1e-9), 1),
         }
         out.update({f"usable_{split}": n for split, n in self.usable.items()})
         out.update({f"type_{name}": n for name, n in self.by_type.items()})
         for split, rates in self.pass_rates.items():
             out.update({f"pass_rate_{split}_{name}": rate for name, rate in rates.items()})
         return out
+
+    def timings(self) -> dict[str, float]:
+        """Wall-clock measurements (MLflow only: they change on every run)."""
+        sessions = sum(self.sessions.values())
+        return {"seconds": round(self.seconds, 3), "sessions_per_second": round(sessions / max(self.seconds, 1e-9), 1)}
 
 
 def _requests(conversations: list[Conversation], params: Params) -> list[tuple[Conversation, int, list[str]]]:
@@ -214,33 +219,26 @@ def synth_qa(params: Params) -> SynthQAResult:
     return result
 
 
-def run(params: Params) -> SynthQAResult:
-    """The DVC stage entry: QA generation and its quality gate under an MLflow run."""
-    from components.tracking import stage_run
-
+def run(params: Params, tracked: StageRun) -> StageResult:
+    """Generate and gate the QA of ``synth_qa.splits``; a failed gate logs its validation result first."""
     cfg = params.synth_qa
-    section = {"synth_qa": to_dict(cfg), "memory.embedder": params.memory.embedder}
-    with stage_run("synth_qa", params.tracking, params_section=section) as tracked:
-        for split in cfg.splits:
-            tracked.log_input_dataset(
-                Path(params.ingest.output_dir) / f"{split}.jsonl", name=f"dialogues-{split}", context="source"
-            )
-        try:
-            result = synth_qa(params)
-        except QualityGateError as exc:
-            tracked.log_dict(getattr(exc, "validation_result", {}), "qa/validation.json")
-            raise
-        write_json_atomic(cfg.report_path, result.metrics())
-        tracked.log_metrics(result.metrics())
-        out = Path(cfg.output_dir)
-        for name in ("dataset_card.md", "validation.json", "quarantine.jsonl"):
-            tracked.log_artifact(out / name, "qa")
-        figure = qa_figure(result)
-        tracked.log_figure(figure, "qa/qa_composition.png")
-        from components.plots import close
-
-        close(figure)
-    return result
+    for split in cfg.splits:
+        tracked.log_input_dataset(
+            Path(params.ingest.output_dir) / f"{split}.jsonl", name=f"dialogues-{split}", context="source"
+        )
+    try:
+        result = synth_qa(params)
+    except QualityGateError as exc:
+        tracked.log_dict(getattr(exc, "validation_result", {}), "synth_qa/validation.json")
+        raise
+    out = Path(cfg.output_dir)
+    return StageResult(
+        metrics=result.metrics(),
+        metrics_path=cfg.report_path,
+        timings=result.timings(),
+        artifacts=[(str(out / name), "qa") for name in ("dataset_card.md", "validation.json", "quarantine.jsonl")],
+        figures={"qa/qa_composition.png": qa_figure(result)},
+    )
 
 
 def qa_figure(result: SynthQAResult) -> Any:

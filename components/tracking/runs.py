@@ -164,6 +164,10 @@ class StageRun:
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
+    def log_step(self, metrics: Mapping[str, float], step: int) -> None:
+        """A trainer's logs at ``step`` (the ``on_log`` callback every training stage passes)."""
+        self.log_metrics(metrics, step=step)
+
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Param
 
