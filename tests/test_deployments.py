@@ -1,28 +1,51 @@
-"""prefect.yaml and dvc.yaml agree with the code: every stage a deployment or the pipeline names exists."""
+"""prefect.yaml agrees with the code: every deployment runs the pipeline flow with stages and groups the registry
+knows, and parameters the flow takes."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
+import pytest
 import yaml
 
-from components.cli import STAGES
-from components.config import Params
-from tests.conftest import REPO_ROOT
+from components.errors import ConfigError
+from components.stages.registry import GROUPS, STAGE_NAMES, select_stages
+
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 
 
-def dvc_stages() -> list[str]:
-    return list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
+def deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))["deployments"]
 
 
-def test_dvc_stages_are_the_cli_stages_and_the_default_pipeline_in_order() -> None:
-    assert dvc_stages() == list(STAGES) == list(Params().pipeline.stages)
-
-
-def test_every_deployment_runs_known_stages_in_pipeline_order() -> None:
-    deployments = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
-    order = dvc_stages()
-    for deployment in deployments:
+def test_every_deployment_names_registry_stages_or_a_group() -> None:
+    for deployment in deployments():
         assert deployment["entrypoint"] == "flows/pipeline.py:memforge_pipeline"
-        stages = deployment["parameters"].get("stages", order)
-        assert set(stages) <= set(order), deployment["name"]
-        assert stages == sorted(stages, key=order.index), deployment["name"]
-    assert {"default", "membuilder", "memagent"} <= {d["name"] for d in deployments}
+        parameters = deployment["parameters"]
+        assert set(parameters.get("stages", [])) <= set(STAGE_NAMES), deployment["name"]
+        assert parameters.get("group", "all") in GROUPS, deployment["name"]
+    assert {"default", "membuilder", "memagent"} <= {d["name"] for d in deployments()}
+
+
+def test_deployment_parameters_are_flow_parameters() -> None:
+    from flows.pipeline import memforge_pipeline
+
+    accepted = set(inspect.signature(memforge_pipeline.fn).parameters)
+    for deployment in deployments():
+        assert set(deployment["parameters"]) <= accepted, deployment["name"]
+
+
+def test_groups_select_their_systems_in_pipeline_order() -> None:
+    assert select_stages(group="all") == list(STAGE_NAMES)
+    assert select_stages(group="membuilder") == ["prepare_model", "ingest", "expert", "synth_qa", "sft", "adrpo"]
+    memagent = ["prepare_model", "longcontext_data", "memagent_train", "eval_longcontext"]
+    assert select_stages(group="memagent") == memagent
+    assert select_stages(["adrpo", "ingest"]) == ["ingest", "adrpo"]
+
+
+def test_unknown_stage_or_group_is_a_config_error_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown stage 'ingets'; stages: prepare_model, ingest"):
+        select_stages(["ingets"])
+    with pytest.raises(ConfigError, match="unknown stage group 'memory'"):
+        select_stages(group="memory")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from components.config import (
@@ -29,11 +30,13 @@ from components.config import (
     SynthQAConfig,
     render_params,
 )
+from components.stages.closure import covered, stage_closure
+from components.stages.registry import STAGE_NAMES
 from tests.conftest import REPO_ROOT, git_init
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = Params().pipeline.stages
+ALL_STAGES = STAGE_NAMES
 # what a new dialogue split changes: the MemBuilder chain; the long-context chain does not read dialogues
 DIALOGUE_CHAIN = ("ingest", "expert", "synth_qa", "sft", "adrpo")
 
@@ -96,6 +99,43 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
     return repo
 
 
+def assert_deep_change_reruns_its_stages(repo: Path, dvc: str, module: Path) -> None:
+    """A change to ``module``, deep in some stages' import closures, marks exactly the stages whose deps cover it
+    as changed (every stage whose closure holds it among them), and ``dvc repro`` would rerun those and only the
+    stages downstream of them. The module is restored afterwards."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    in_closure = {stage for stage in ALL_STAGES if module in stage_closure(stage)}
+    covering = {stage for stage in ALL_STAGES if covered(module, [str(d) for d in spec[stage]["deps"]])}
+    assert in_closure and in_closure <= covering
+    source = repo / module
+    original = source.read_text(encoding="utf-8")
+    source.write_text(original + "\n# a change deep in the import closure\n", encoding="utf-8")
+    try:
+        changed = set(json.loads(_run([dvc, "status", "--json"], repo).stdout))
+        assert changed == covering, changed
+        dry = _run([dvc, "repro", "--dry"], repo).stdout
+        would_run = {stage for stage in ALL_STAGES if f"Running stage '{stage}'" in dry}
+        assert would_run == covering | downstream(spec, covering), dry
+        assert would_run != set(ALL_STAGES)
+    finally:
+        source.write_text(original, encoding="utf-8")
+    assert not json.loads(_run([dvc, "status", "--json"], repo).stdout)
+
+
+def downstream(spec: dict, stages: set[str]) -> set[str]:
+    """Stages that read, directly or not, an output of ``stages`` (from dvc.yaml's deps and outs)."""
+    outs = {
+        name: {str(o if isinstance(o, str) else next(iter(o))) for o in spec[name].get("outs", [])} for name in spec
+    }
+    reached = set(stages)
+    while True:
+        produced = set().union(*(outs[name] for name in reached))
+        new = {name for name in spec if name not in reached and produced & {str(d) for d in spec[name]["deps"]}}
+        if not new:
+            return reached - stages
+        reached |= new
+
+
 def _skipped(output: str, stage: str) -> bool:
     return f"Stage '{stage}' didn't change, skipping" in output
 
@@ -123,11 +163,12 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert (repo / "models/memagent/config.json").is_file()
     assert json.loads((repo / "reports/eval_longcontext.json").read_text())["mean"]
     plots = _run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], repo).stdout
-    assert "reports/eval_longcontext_hotpotqa.json" in plots and "reports/adrpo_reward.json" in plots
-    assert "reports/eval_longcontext_squad.json" in plots
+    assert "reports/eval_longcontext_plots/hotpotqa.json" in plots and "reports/adrpo_reward.json" in plots
+    assert "reports/eval_longcontext_plots/squad.json" in plots
 
     second = _run([dvc, "repro"], repo)
     assert all(_skipped(second.stdout, s) for s in ALL_STAGES), second.stdout
+    assert_deep_change_reruns_its_stages(repo, dvc, Path("components/qa/dates.py"))
 
     params = (repo / "params.yaml").read_text().replace("seed: 13", "seed: 99")
     (repo / "params.yaml").write_text(params)
