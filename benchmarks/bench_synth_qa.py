@@ -31,7 +31,7 @@ def worker(embedder_spec: str) -> dict[str, float | str]:
     from components.dialogue.synthetic import iter_conversations
     from components.memory.embedder import EmbeddingCache, create_embedder
     from components.qa.generators import create_generator, type_plan
-    from components.qa.quality import QAValidator, build_session_contexts
+    from components.quality.qa import QAValidator, build_session_contexts
 
     cfg = SynthQAConfig(generator="extractive")
     synthetic = SyntheticConfig(sessions_per_conversation=SESSIONS_PER_CONVERSATION, seed=5)

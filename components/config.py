@@ -205,6 +205,20 @@ class SyntheticConfig:
         _seeds(self, "seed")
 
 
+#: The dialogue suite's expectations, in suite order (``quality.dialogue`` implements exactly these).
+DialogueExpectation = Literal[
+    "unique_ids",
+    "session_has_turns",
+    "timestamp_parses",
+    "timestamps_monotonic",
+    "speaker_known",
+    "evidence_exists",
+    "turn_length",
+    "session_length",
+    "valid_utf8",
+]
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     """great-expectations suite over the normalised dialogues."""
@@ -212,11 +226,10 @@ class QualityConfig:
     min_turn_chars: int = _f(1, "Shortest allowed turn text (characters, after stripping).")
     max_turn_chars: int = _f(20000, "Longest allowed turn text (characters).")
     max_turns_per_session: int = _f(2000, "Most turns allowed in one session.")
-    critical: tuple[str, ...] = _f(
+    critical: tuple[DialogueExpectation, ...] = _f(
         ("unique_ids", "session_has_turns", "timestamp_parses", "valid_utf8"),
         "Expectations whose failure stops the stage; the others quarantine the failing conversation. "
-        "Names: unique_ids, session_has_turns, timestamp_parses, timestamps_monotonic, speaker_known, "
-        "evidence_exists, turn_length, session_length, valid_utf8.",
+        f"Names: {', '.join(get_args(DialogueExpectation))}.",
     )
     max_quarantine_fraction: float = _f(
         0.5, "Fail the stage when more than this fraction of conversations is quarantined."
@@ -224,10 +237,13 @@ class QualityConfig:
     batch_conversations: int = _f(2000, "Conversations validated per great-expectations batch (bounds memory).")
 
     def __post_init__(self) -> None:
-        from components.dialogue.quality import EXPECTATION_NAMES
-
-        unknown = sorted(set(self.critical) - set(EXPECTATION_NAMES))
+        unknown = sorted(set(self.critical) - set(get_args(DialogueExpectation)))
         _require(not unknown, "critical", f"unknown expectation(s) {', '.join(unknown)}")
+        _require(
+            self.min_turn_chars <= self.max_turn_chars,
+            "",
+            f"min_turn_chars ({self.min_turn_chars}) exceeds max_turn_chars ({self.max_turn_chars})",
+        )
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
-"""Answer scoring: ``\\boxed{}`` extraction, SQuAD normalisation, substring EM / EM / F1 and the 0/1 reward, on
-hand-computed cases."""
+"""Answer scoring: ``\\boxed{}`` extraction, substring EM / EM / F1 and the 0/1 reward, on hand-computed cases
+(SQuAD's normalisation itself is tested in ``test_text.py``)."""
 
 from __future__ import annotations
 
 import pytest
 
 from components.agent.scoring import (
+    answers_found,
     boxed_answers,
     exact_match,
     f1_score,
     last_boxed,
-    normalize_answer,
     reward,
     score_prediction,
     substring_exact_match,
@@ -42,20 +42,6 @@ def test_last_boxed_takes_the_last_or_none() -> None:
     assert last_boxed("Paris") is None
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("The Eiffel Tower!", "eiffel tower"),
-        ("  An   apple, a pear  ", "apple pear"),
-        ("THEATRE", "theatre"),  # an article inside a word stays
-        ("U.S.A.", "usa"),
-        ("", ""),
-    ],
-)
-def test_normalize_answer(text: str, expected: str) -> None:
-    assert normalize_answer(text) == expected
-
-
 def test_exact_match_against_any_ground_truth() -> None:
     assert exact_match("the Paris", ["paris"]) == 1.0
     assert exact_match("Paris, France", ["Paris"]) == 0.0
@@ -69,6 +55,11 @@ def test_substring_exact_match_on_whole_words() -> None:
     assert substring_exact_match("New York City", ["new york"]) == 1.0
     assert substring_exact_match("anything", ["the"]) == 0.0  # an answer that normalises to nothing never matches
     assert substring_exact_match("Berlin", ["Paris", "Berlin"]) == 1.0
+
+
+def test_answers_found_per_answer() -> None:
+    assert answers_found("The code is 4812, then Oslo.", ["4812", "oslo", "812", "the"]) == [True, True, False, False]
+    assert answers_found("anything", []) == []
 
 
 def test_f1_hand_computed() -> None:

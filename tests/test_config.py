@@ -89,7 +89,10 @@ def test_configs_are_frozen() -> None:
         ("ingest:\n  splits:\n    seed: three\n", "ingest.splits.seed: expected an integer, got str 'three'"),
         ("model:\n  dtype: float64\n", "model.dtype: 'float64' is not one of"),
         ("ingest:\n  splits:\n    sft: 0.9\n", "sum to 1"),
-        ("ingest:\n  quality:\n    critical: [unique_ids, made_up]\n", "unknown expectation(s) made_up"),
+        (
+            "ingest:\n  quality:\n    critical: [unique_ids, made_up]\n",
+            "ingest.quality.critical[1]: 'made_up' is not one of 'unique_ids', 'session_has_turns'",
+        ),
         ("ingest:\n  sources:\n    - format: csv\n      path: x\n", "ingest.sources[0].format: 'csv' is not one of"),
         ("adrpo:\n  use_vllm: 'yes'\n", "adrpo.use_vllm: expected true or false"),
         ("model: [1, 2]\n", "model: expected a mapping"),

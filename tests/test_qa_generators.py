@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,16 +22,14 @@ from components.qa.generators import (
     LLMQAGenerator,
     OracleQAGenerator,
     QAParseError,
-    answer_in_text,
     create_generator,
-    leaks_answer,
-    normalise,
     parse_llm_questions,
     question_messages,
     session_day,
     type_plan,
 )
 from components.qa.schema import QUESTION_TYPES, QARow
+from components.text import contains_words, leaks_answer
 
 MIX = TypeMixConfig()
 TARGET = {"single-session": MIX.single_session, "multi-session": MIX.multi_session, "temporal": MIX.temporal}
@@ -89,8 +88,8 @@ def _check_extractive(conversation: Conversation, session_index: int, row: QARow
     turns = _turns(conversation)
     text = " ".join(turns[e][1].text for e in row.evidence)
     dates = {session_day(conversation.sessions[turns[e][0]]) for e in row.evidence}
-    assert answer_in_text(row.answer, text) or row.answer in dates, row
-    if row.answer in dates and not answer_in_text(row.answer, text):
+    assert contains_words(row.answer, text) or row.answer in dates, row
+    if row.answer in dates and not contains_words(row.answer, text):
         assert row.type in ("temporal", "multi-session"), row
     assert len(row.answer.split()) <= 6, row
     assert row.generator == "extractive"
@@ -219,7 +218,7 @@ def test_extractive_never_asks_a_question_containing_its_answer() -> None:
     rows = _all_rows(ExtractiveQAGenerator(seed=0), conversation, 0)
     assert rows
     for row in rows:
-        assert normalise(row.answer) not in normalise(row.question)
+        assert not leaks_answer(row.question, row.answer)
     pairs = {(row.question, row.answer) for row in rows}
     assert ("Where did Maya say they moved to?", "Denver") in pairs  # the wh-form drops the other mention
     assert not any("___" in row.question for row in rows if row.answer == "Denver")  # a cloze would leak it
@@ -411,6 +410,22 @@ def test_parse_llm_questions_rejects_bad_rows_and_says_why() -> None:
     ):
         assert reason in joined, reason
     assert sum("unknown evidence id" in r for r in rejected) == 2
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "reason"),
+    [
+        ("Does Ana run on ＳＡＴＵＲＤＡＹＳ?", "Saturdays", "contains its answer"),  # full-width: NFKC
+        ("Does Ana run on the Hauptstraße?", "HAUPTSTRASSE", "contains its answer"),  # case folding, not lower()
+        ("Which day does Ana run now?", "?!", "has no words"),
+    ],
+)
+def test_parse_llm_questions_judges_leaks_as_the_quality_gate_does(question: str, answer: str, reason: str) -> None:
+    item = {"question": question, "answer": answer, "type": "single-session", "evidence": ["S2:1"]}
+    rejected: list[str] = []
+    assert parse_llm_questions(json.dumps([item]), _two_sessions(), 1, rejected=rejected) == []
+    assert len(rejected) == 1 and reason in rejected[0]
+    assert leaks_answer(question, answer) == (reason == "contains its answer")
 
 
 def test_question_messages_mark_the_transcript_as_data() -> None:

@@ -27,7 +27,9 @@ from components.config import SynthQAConfig
 from components.dialogue.schema import Conversation, Session, Turn
 from components.errors import ConfigError
 from components.memory.embedder import EmbeddingCache, HashingEmbedder
-from components.qa.quality import (
+from components.qa.schema import QARow
+from components.quality.card import dataset_card
+from components.quality.qa import (
     DATASET_EXPECTATIONS,
     QA_EXPECTATION_NAMES,
     ROW_EXPECTATIONS,
@@ -35,10 +37,8 @@ from components.qa.quality import (
     QAValidator,
     _duplicates,
     build_session_contexts,
-    dataset_card,
     quality_gate_message,
 )
-from components.qa.schema import QARow
 
 CFG = SynthQAConfig()  # max_answer_words 12, support 0.6, duplicate 0.92, tolerance 0.15, 50/30/20, min usable 0.6
 
@@ -222,6 +222,12 @@ def test_one_embed_call_per_validate(contexts: dict) -> None:
         (
             "c0:s0:q0",
             {"question": "Is Biscuit the name of Alice's dog?"},
+            "answer_not_leaked",
+            "appears in the question",
+        ),
+        (
+            "c0:s0:q0",
+            {"question": "Is ＢＩＳＣＵＩＴ the name of Alice's dog?"},  # full-width: a leak after NFKC + case folding
             "answer_not_leaked",
             "appears in the question",
         ),
@@ -428,11 +434,13 @@ def test_card_examples_are_bounded_per_type(validator: QAValidator, contexts: di
 # configuration, internals
 
 
-def test_bad_thresholds_are_config_errors() -> None:
+def test_bad_thresholds_are_config_errors_before_any_validator_exists() -> None:
     with pytest.raises(ConfigError, match="support_similarity"):
-        QAValidator(dataclasses.replace(CFG, support_similarity=1.5), HashingEmbedder())
+        dataclasses.replace(CFG, support_similarity=1.5)
+    with pytest.raises(ConfigError, match="support_similarity"):
+        dataclasses.replace(CFG, support_similarity=float("nan"))
     with pytest.raises(ConfigError, match="max_answer_words"):
-        QAValidator(dataclasses.replace(CFG, max_answer_words=0), HashingEmbedder())
+        dataclasses.replace(CFG, max_answer_words=0)
 
 
 def test_batched_prior_similarity_matches_a_plain_loop() -> None:

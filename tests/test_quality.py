@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -20,8 +21,9 @@ if __name__ == "__main__":  # pragma: no cover - benchmark entry point
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-from components.config import QualityConfig
-from components.dialogue.quality import (
+from components.config import DialogueExpectation, QualityConfig
+from components.dialogue.schema import Conversation, Question, Session, Turn
+from components.quality.dialogue import (
     EXPECTATION_NAMES,
     MAX_DETAILS_PER_CHECK,
     ConversationVerdict,
@@ -30,7 +32,6 @@ from components.dialogue.quality import (
     format_critical_summary,
     is_critical,
 )
-from components.dialogue.schema import Conversation, Question, Session, Turn
 
 CONFIG = QualityConfig(min_turn_chars=1, max_turn_chars=200, max_turns_per_session=4)
 
@@ -287,11 +288,12 @@ def test_many_failing_rows_are_capped_per_conversation(validator: DialogueValida
 
 
 def test_is_critical_honours_config() -> None:
-    verdict = ConversationVerdict("c", RecordRef("f.jsonl", "line 3"), [("turn_length", "turn 't1' too short")])
+    failures = [("turn_length", "turn 't1' too short")]
+    verdict = ConversationVerdict("c", RecordRef("f.jsonl", "line 3"), failures=failures)
     assert not is_critical(verdict, QualityConfig())
     assert is_critical(verdict, QualityConfig(critical=("turn_length",)))
     assert not is_critical(ConversationVerdict("c", RecordRef("f.jsonl", "line 3")), QualityConfig())
-    utf8 = ConversationVerdict("c", RecordRef("f.jsonl", "line 3"), [("valid_utf8", "bad")])
+    utf8 = ConversationVerdict("c", RecordRef("f.jsonl", "line 3"), failures=[("valid_utf8", "bad")])
     assert is_critical(utf8, QualityConfig())
     assert not is_critical(utf8, QualityConfig(critical=()))
 
@@ -325,7 +327,9 @@ def test_critical_summary_names_file_record_and_conversation() -> None:
 
 def test_critical_summary_caps_the_listing() -> None:
     verdicts = [
-        ConversationVerdict(f"c\ud800{i}", RecordRef("big.jsonl", f"line {i}"), [("valid_utf8", "lone surrogate")])
+        ConversationVerdict(
+            f"c\ud800{i}", RecordRef("big.jsonl", f"line {i}"), failures=[("valid_utf8", "lone surrogate")]
+        )
         for i in range(25)
     ]
     message = format_critical_summary(verdicts, QualityConfig(), limit=20)
@@ -420,8 +424,20 @@ def test_empty_batch_and_conversation_without_questions(validator: DialogueValid
 def test_inconsistent_turn_bounds_are_a_config_error() -> None:
     from components.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="min_turn_chars"):
-        DialogueValidator(QualityConfig(min_turn_chars=50, max_turn_chars=10))
+    with pytest.raises(ConfigError, match=r"min_turn_chars \(50\) exceeds max_turn_chars \(10\)"):
+        QualityConfig(min_turn_chars=50, max_turn_chars=10)
+
+
+def test_critical_names_are_exactly_the_implemented_checks() -> None:
+    """``QualityConfig.critical`` accepts the names the suite implements, no more, no fewer, in suite order."""
+    from components.errors import ConfigError
+
+    names = get_args(DialogueExpectation)
+    assert list(dict.fromkeys(check.name for check in DialogueValidator(CONFIG).checks)) == list(names)
+    assert names == EXPECTATION_NAMES
+    assert QualityConfig(critical=names).critical == names
+    with pytest.raises(ConfigError, match="unknown expectation"):
+        QualityConfig(critical=("unique_ids", "made_up"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,18 @@
-"""Answers in ``\\boxed{}``: extraction, SQuAD-style normalisation, substring EM (MemAgent's metric), EM, F1.
+"""Answers in ``\\boxed{}``: extraction, and substring EM (MemAgent's metric), EM and F1 on SQuAD-normalised text.
 
-``reward`` is memagent_train's 0/1 reward: the exact match of the LAST boxed answer against any ground truth,
-after normalisation; no boxed answer scores 0.
+Answers are compared by ``components.text.squad_answer`` (SQuAD's normalisation); "occurs in" is whole-word
+containment (``components.text.contains_normalised``). ``reward`` is memagent_train's 0/1 reward: the exact
+match of the LAST boxed answer against any ground truth, after normalisation; no boxed answer scores 0.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 
+from components.text import contains_normalised, squad_answer
+
 _BOXED = "\\boxed{"
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def boxed_answers(text: str) -> list[str]:
@@ -37,30 +36,30 @@ def last_boxed(text: str) -> str | None:
     return answers[-1] if answers else None
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and English articles, collapse whitespace (SQuAD's normalisation)."""
-    text = text.lower().translate(_PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when the normalised prediction equals any normalised ground truth."""
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(a) for a in answers))
+    pred = squad_answer(prediction)
+    return float(any(pred == squad_answer(a) for a in answers))
+
+
+def answers_found(prediction: str, answers: Sequence[str]) -> list[bool]:
+    """Per answer: whether it occurs in the prediction as whole words, both SQuAD-normalised (never when it
+    normalises to nothing)."""
+    pred = squad_answer(prediction)
+    return [contains_normalised(squad_answer(a), pred) for a in answers]
 
 
 def substring_exact_match(prediction: str, answers: Sequence[str]) -> float:
-    """1.0 when any normalised, non-empty ground truth occurs in the normalised prediction (MemAgent's metric)."""
-    pred = f" {normalize_answer(prediction)} "
-    return float(any(norm and f" {norm} " in pred for norm in (normalize_answer(a) for a in answers)))
+    """1.0 when any ground truth occurs in the prediction (``answers_found``; MemAgent's metric)."""
+    return float(any(answers_found(prediction, answers)))
 
 
 def f1_score(prediction: str, answers: Sequence[str]) -> float:
     """Best token-level F1 of the prediction against the ground truths."""
-    pred_tokens = normalize_answer(prediction).split()
+    pred_tokens = squad_answer(prediction).split()
     best = 0.0
     for answer in answers:
-        gold_tokens = normalize_answer(answer).split()
+        gold_tokens = squad_answer(answer).split()
         common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
         if common:
             precision, recall = common / len(pred_tokens), common / len(gold_tokens)

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from components.agent.scoring import last_boxed, normalize_answer, reward, score_prediction
+from components.agent.scoring import answers_found, last_boxed, reward, score_prediction
 from components.longcontext.schema import LongContextSample
-
-
-def _found(prediction: str, required: Sequence[str]) -> list[bool]:
-    text = f" {normalize_answer(prediction)} "
-    return [bool(norm) and f" {norm} " in text for norm in (normalize_answer(r) for r in required)]
 
 
 def all_found(prediction: str, required: Sequence[str]) -> bool:
     """Every required answer occurs in the prediction (normalised, whole words); False when none are required."""
-    hits = _found(prediction, required)
+    hits = answers_found(prediction, required)
     return bool(hits) and all(hits)
 
 
 def fraction_found(prediction: str, required: Sequence[str]) -> float:
     """The share of required answers that occur in the prediction (RULER's partial credit)."""
-    hits = _found(prediction, required)
+    hits = answers_found(prediction, required)
     return sum(hits) / len(hits) if hits else 0.0
 
 

@@ -47,6 +47,7 @@ from components.dialogue.synthetic import BEFORE_Q, SINGLE_Q
 from components.errors import ConfigError, MemforgeError
 from components.memory.parser import OperationParseError, extract_json
 from components.qa.schema import QUESTION_TYPES, QARow, QuestionType
+from components.text import leaks_answer, normalise_text
 
 Message = dict[str, str]
 Request = tuple[Conversation, int, Sequence[QuestionType]]  # (conversation, session index, wanted types)
@@ -165,25 +166,7 @@ def type_plan(n: int, mix: TypeMixConfig, session_index: int, seed: int, key: st
 # ---------------------------------------------------------------------------------------------
 # text helpers
 
-_NON_WORD = re.compile(r"[\W_]+")
 _ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
-
-
-def normalise(text: str) -> str:
-    """Lower case, punctuation and underscores to single spaces, stripped."""
-    return _NON_WORD.sub(" ", text.lower()).strip()
-
-
-def answer_in_text(answer: str, text: str) -> bool:
-    """Whether the normalised ``answer`` occurs in the normalised ``text`` as whole words."""
-    key = normalise(answer)
-    return bool(key) and f" {key} " in f" {normalise(text)} "
-
-
-def leaks_answer(question: str, answer: str) -> bool:
-    """Whether the normalised answer occurs anywhere in the normalised question (stricter than whole words)."""
-    key = normalise(answer)
-    return not key or key in normalise(question)
 
 
 def session_day(session: Session) -> str | None:
@@ -261,8 +244,8 @@ class _Selector:
                     continue
                 if (fresh_answer and akey in self.used_answers) or (akey, cand.evidence) in self.used_facts:
                     continue
-                if akey in normalise(cand.question):
-                    continue  # the question gives its answer away
+                if leaks_answer(cand.question, cand.answer):
+                    continue
                 self.used_questions.add(qkey)
                 self.used_answers.add(akey)
                 self.used_facts.add((akey, cand.evidence))
@@ -564,7 +547,7 @@ def _analyse(session: Session, known: set[str], vocabulary: set[str]) -> _Sessio
             for span in spans:
                 if span.kind == "name":
                     known.add(span.text)
-            sentences.append(_Sentence(turn, text, normalise(text), spans))
+            sentences.append(_Sentence(turn, text, normalise_text(text), spans))
     for span in pending:  # clause-initial capitalised words count as names only when seen mid-clause too
         spans = sentences[span.sentence].spans
         if span.text in known and not _overlaps(spans, span.start, span.end):
@@ -575,12 +558,12 @@ def _analyse(session: Session, known: set[str], vocabulary: set[str]) -> _Sessio
         sentence.spans.sort(key=lambda s: s.start)
         for span in sentence.spans:
             if span.kind == "name":
-                key = normalise(span.text)
+                key = normalise_text(span.text)
                 name_keys.add(key)
                 if span.text not in _WEEKDAYS:
                     entities.setdefault(key, (span.text, sentence_index, "name"))
             elif span.kind == "object" and _personal(sentence, span):
-                entities.setdefault(normalise(span.text), (span.text, sentence_index, "object"))
+                entities.setdefault(normalise_text(span.text), (span.text, sentence_index, "object"))
     return _SessionInfo(session, session_day(session), sentences, entities, frozenset(name_keys))
 
 
@@ -685,7 +668,7 @@ class _ConversationIndex:
         self.conversation = conversation
         self.known: set[str] = {s for s in conversation.speakers if s}
         self.vocabulary: set[str] = set()
-        self.speaker_keys = {normalise(s) for s in conversation.speakers}
+        self.speaker_keys = {normalise_text(s) for s in conversation.speakers}
         self.infos: list[_SessionInfo] = []
         self.sentence_sessions: dict[str, list[int]] = {}  # sentence key -> session indices (with repeats)
         self.entity_sessions: dict[str, list[int]] = {}  # entity key -> session indices (once per session)
@@ -708,7 +691,7 @@ class _ConversationIndex:
 
 def _add(pools: _Pools, cand: _Cand) -> None:
     """Add a candidate that ends with '?' (whether it leaks its answer is checked when it is picked)."""
-    cand.qkey, cand.akey = cand.question, normalise(cand.answer)
+    cand.qkey, cand.akey = cand.question, normalise_text(cand.answer)
     if cand.akey and cand.question.endswith("?"):
         pools[cand.qtype].append(cand)
 
@@ -789,7 +772,7 @@ def _extractive_pools(index: _ConversationIndex, session_index: int, generator: 
         ev_sessions = (earlier.session.session_id, sid)
         then_speaker = _speaker_label(then.turn.speaker)
         for span in then.spans:
-            span_key = normalise(span.text)
+            span_key = normalise_text(span.text)
             if key in span_key or span_key in key or len(span.text.split()) > MAX_EXTRACTIVE_ANSWER_WORDS:
                 continue
             question = (
@@ -983,7 +966,7 @@ def _oracle_pools(conversation: Conversation, session_index: int, generator: str
     person = conversation.speakers[0] if conversation.speakers else "the user"
     current = history[session_index]
     everything = [fact for facts in history for fact in facts]
-    value_count = Counter((f.attribute, normalise(f.value)) for f in everything)
+    value_count = Counter((f.attribute, normalise_text(f.value)) for f in everything)
     date_count = Counter((f.attribute, f.date) for f in everything)
     pools = _empty_pools()
 
@@ -993,7 +976,7 @@ def _oracle_pools(conversation: Conversation, session_index: int, generator: str
         _add(pools, _Cand(priority, question, answer, qtype, evidence, sessions, generator))
 
     def unique(fact: _Fact) -> bool:
-        return value_count[(fact.attribute, normalise(fact.value))] == 1
+        return value_count[(fact.attribute, normalise_text(fact.value))] == 1
 
     def label(fact: _Fact) -> str | None:
         templates = _LABEL.get(fact.attribute)
@@ -1012,12 +995,12 @@ def _oracle_pools(conversation: Conversation, session_index: int, generator: str
         # multi-session: the value it replaced, stated in an earlier session
         if fact.previous is not None and attr in _BEFORE and unique(fact):
             earlier = [f for f in everything if f.attribute == attr and f.session_index < session_index]
-            if earlier and normalise(earlier[-1].value) == normalise(fact.previous):
+            if earlier and normalise_text(earlier[-1].value) == normalise_text(fact.previous):
                 av = f"{_role_article(v)} {v}"
                 cand(0, _BEFORE[attr].format(n=n, v=v, av=av), fact.previous, MULTI, [earlier[-1], fact])
         if attr in _BESIDES and unique(fact):
             earlier = [f for f in everything if f.attribute == attr and f.session_index < session_index]
-            if len(earlier) == 1 and normalise(earlier[0].value) != normalise(v):
+            if len(earlier) == 1 and normalise_text(earlier[0].value) != normalise_text(v):
                 cand(1, _BESIDES[attr].format(n=n, v=v), earlier[0].value, MULTI, [earlier[0], fact])
         fact_label = label(fact)
         if fact_label is not None and unique(fact):
@@ -1180,9 +1163,10 @@ def parse_llm_questions(
     The output must hold exactly one JSON value (code fences and prose around it are tolerated), a list; anything
     else raises ``QAParseError``. Each item must be an object with exactly ``question``, ``answer``, ``type`` and
     ``evidence``; bad items are skipped and described in ``rejected``: wrong types or empty text, an unknown type,
-    a question that does not end with '?' or contains its answer (normalised), an answer over ``max_answer_words``,
-    evidence ids that are not turns of this or an earlier session, single-session evidence outside this session,
-    multi-session evidence that does not span this session and an earlier one, duplicate questions.
+    a question that does not end with '?' or contains its answer (``leaks_answer``), an answer without words or
+    over ``max_answer_words``, evidence ids that are not turns of this or an earlier session, single-session
+    evidence outside this session, multi-session evidence that does not span this session and an earlier one,
+    duplicate questions.
     """
     try:
         value = extract_json(text)
@@ -1229,6 +1213,9 @@ def parse_llm_questions(
         if not question.endswith("?"):
             _reject(rejected, k, "question does not end with '?'")
             continue
+        if not normalise_text(answer):
+            _reject(rejected, k, "the answer has no words")
+            continue
         if leaks_answer(question, answer):
             _reject(rejected, k, "the question contains its answer")
             continue
@@ -1243,7 +1230,7 @@ def parse_llm_questions(
         if qtype == MULTI and (len(in_sessions) < 2 or session_index not in in_sessions):
             _reject(rejected, k, "multi-session evidence must span the current session and an earlier one")
             continue
-        key = normalise(question)
+        key = normalise_text(question)
         if key in seen:
             _reject(rejected, k, "duplicate question")
             continue
@@ -1360,10 +1347,10 @@ class LLMQAGenerator:
         if not rows:
             self.stats.dropped += 1
             self.stats.reasons["output: no usable question"] += 1
-        known = {normalise(row.question) for row in state.collected}
+        known = {normalise_text(row.question) for row in state.collected}
         for row in rows:
-            if normalise(row.question) not in known:
-                known.add(normalise(row.question))
+            if normalise_text(row.question) not in known:
+                known.add(normalise_text(row.question))
                 state.collected.append(row)
 
 

@@ -9,9 +9,9 @@ shown with the whole core block. Both report the same provenance, used by contri
 * ``supporting_parts``: the part of each retrieved entry whose normalised ``"YYYY-MM-DD text"`` contains the
   normalised gold answer (the entries that could have answered).
 
-"Contains" is token-aligned: ``normalise_text`` (NFKC, case-folded, non-word runs -> one space) of the
-answer, padded with spaces, is a substring of the padded normalised text; so "Oslo" is found in "moved to
-Oslo." but "5" is not found in "2025". An empty normalised answer is never contained.
+"Contains" is whole-word containment of ``components.text.normalise_text`` results (NFKC, case-folded,
+non-word runs -> one space; ``contains_normalised``): "Oslo" is found in "moved to Oslo." but "5" is not found
+in "2025". An empty normalised answer is never contained.
 
 ``ContainmentJudge``: correct iff ``core_contains`` or some retrieved entry supports the answer, i.e. the
 answer is contained in the core block or in ONE retrieved entry (its date as YYYY-MM-DD + its text); a match
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from components.memory.bank import MemoryBank
 from components.memory.prompts import NOT_ANSWERABLE, Message, answer_messages
 from components.memory.types import MemoryEntry, MemoryPart
-from components.qa.quality import normalise_text
+from components.text import contains_normalised, normalise_text
 
 if TYPE_CHECKING:
     from components.config import ADRPOConfig
@@ -74,11 +74,6 @@ class Judge(Protocol):
 
 # ---------------------------------------------------------------------------------------------
 # shared retrieval and containment
-
-
-def contains(answer_norm: str, text_norm: str) -> bool:
-    """Token-aligned containment of two ``normalise_text`` results (an empty answer is never contained)."""
-    return bool(answer_norm) and f" {answer_norm} " in f" {text_norm} "
 
 
 def entry_text(entry: MemoryEntry) -> str:
@@ -128,8 +123,8 @@ class _Provenance:
         self, item: JudgeItem, retrieved: Sequence[tuple[MemoryEntry, MemoryPart]]
     ) -> tuple[bool, tuple[MemoryPart, ...], tuple[MemoryPart, ...]]:
         gold = normalise_text(item.answer)
-        core_contains = contains(gold, self.core(item.bank.core))
-        supporting = tuple(part for entry, part in retrieved if contains(gold, self.entry(entry)))
+        core_contains = contains_normalised(gold, self.core(item.bank.core))
+        supporting = tuple(part for entry, part in retrieved if contains_normalised(gold, self.entry(entry)))
         return core_contains, tuple(part for _, part in retrieved), supporting
 
 

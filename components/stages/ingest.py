@@ -18,17 +18,12 @@ from typing import Any
 
 from components.config import IngestConfig, Params
 from components.dialogue.loaders import LoadedConversation, iter_source
-from components.dialogue.quality import (
-    DialogueValidator,
-    RecordRef,
-    format_critical_summary,
-    is_critical,
-)
 from components.dialogue.schema import conversation_to_dict
 from components.dialogue.splits import SPLIT_NAMES, assign_splits
 from components.errors import InputError, QualityGateError
 from components.io import atomic_directory, dumps_jsonl_record
 from components.progress import progress
+from components.quality.dialogue import DialogueValidator, RecordRef, format_critical_summary, is_critical
 from components.tracking.publish import StageResult
 from components.tracking.runs import StageRun
 

@@ -144,7 +144,8 @@ def synth_qa(params: Params) -> SynthQAResult:
 
     from components.memory.embedder import EmbeddingCache, create_embedder
     from components.qa.generators import create_generator
-    from components.qa.quality import QAValidator, build_session_contexts, dataset_card, quality_gate_message
+    from components.quality.card import dataset_card
+    from components.quality.qa import QAValidator, build_session_contexts, quality_gate_message
 
     cfg = params.synth_qa
     started = time.perf_counter()

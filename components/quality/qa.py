@@ -16,30 +16,39 @@ Policy:
 * the stage also stops when ``usable / total < min_usable_fraction``; the message gives the fraction,
   the threshold and the expectations that quarantined most rows.
 
-As in the dialogue suite, raw text enters a GX table only escaped (pandas 3 stores strings in Arrow,
-which cannot hold lone surrogates); the GX context, data source, assets and suites are built once per
-``QAValidator``.
+Containment, leaks and exact duplicates compare ``components.text.normalise_text`` results, the meaning the
+generators use too. As in the dialogue suite, raw text enters a GX table only escaped (``core.escaped``); the
+GX context, data source, assets and suites are built once per ``QAValidator``. The dataset card is
+``components.quality.card``.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from components.config import SynthQAConfig
-from components.dialogue.quality import MAX_EXAMPLES, _clean, _safe, _show, _snake
 from components.dialogue.schema import Conversation, parse_timestamp
-from components.errors import ConfigError
-from components.gx import check_key, element_count, unexpected_rows
 from components.qa.dates import date_stated, parse_day
 from components.qa.schema import QUESTION_TYPES, QARow
+from components.quality.core import (
+    MAX_EXAMPLES,
+    Check,
+    CheckTotals,
+    SuiteValidator,
+    Verdict,
+    clean,
+    escaped,
+    gx_engine,
+    safe,
+    show,
+    suite_statistics,
+)
+from components.text import contains_normalised, leaks_answer, normalise_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,16 +74,9 @@ DATASET_EXPECTATIONS: tuple[str, ...] = QA_EXPECTATION_NAMES[7:]
 MAX_NAMED = 10
 
 _TABLES = ("rows", "types", "sessions")
-_NON_WORD = re.compile(r"[\W_]+")
 _MISSING = object()
 _STRING_FIELDS = ("qa_id", "conversation_id", "session_id", "question", "generator")
 _TARGET_FIELD = {"single-session": "single_session", "multi-session": "multi_session", "temporal": "temporal"}
-
-
-def normalise_text(text: str) -> str:
-    """NFKC, case-folded, every run of non-word characters one space, stripped: the text compared for
-    containment, leaks and exact duplicates."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 def target_shares(cfg: SynthQAConfig) -> dict[str, float]:
@@ -189,20 +191,11 @@ def _day(timestamp: str) -> str:
 
 
 @dataclass
-class QAVerdict:
+class QAVerdict(Verdict):
     """The outcome for one row (``index`` = its position in the validated sequence)."""
 
     qa_id: str
-    failures: list[tuple[str, str]] = field(default_factory=list)
     index: int = -1
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def failed_expectations(self) -> list[str]:
-        names = {name for name, _ in self.failures}
-        return [name for name in QA_EXPECTATION_NAMES if name in names]
 
 
 @dataclass
@@ -320,12 +313,12 @@ def _field_problems(row: Any) -> list[tuple[str, str]]:
         elif name in _STRING_FIELDS and not value.strip():
             problems.append((name, f"{name} is empty"))
         elif name == "session_date" and parse_timestamp(value) is None:
-            problems.append((name, f"session_date {_show(value)} is not an ISO 8601 timestamp"))
+            problems.append((name, f"session_date {show(value)} is not an ISO 8601 timestamp"))
     index = get("session_index", _MISSING)
     if index is _MISSING or index is None:
         problems.append(("session_index", "session_index is missing"))
     elif isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        problems.append(("session_index", f"session_index must be a non-negative integer, got {_show(repr(index))}"))
+        problems.append(("session_index", f"session_index must be a non-negative integer, got {show(repr(index))}"))
     for name in ("evidence", "evidence_sessions"):
         value = get(name, _MISSING)
         if value is _MISSING or value is None:
@@ -337,7 +330,8 @@ def _field_problems(row: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def _field(row: Any, name: str) -> Any:
+def row_field(row: Any, name: str) -> Any:
+    """Field ``name`` of a row given as a ``QARow`` or a mapping (``None`` when absent)."""
     return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
 
 
@@ -361,7 +355,7 @@ def _compute_features(
     texts: dict[str, int] = {}  # text -> slot of the single embed call
     question_slot = np.full(n, -1, dtype=np.int64)
     pairs: list[tuple[int, int, int]] = []  # (row, answer slot, evidence slot)
-    norm_turns: dict[tuple[int, str], str] = {}  # (id(index), turn id) -> " normalised text "
+    norm_turns: dict[tuple[int, str], str] = {}  # (id(index), turn id) -> normalised text
     groups: dict[tuple[str, str], list[int]] = {}
 
     def slot(text: str) -> int:
@@ -375,21 +369,21 @@ def _compute_features(
         if problems:
             field_problems[i] = [problem for _, problem in problems]
         bad = {name for name, _ in problems}
-        qa_id = _field(row, "qa_id")
+        qa_id = row_field(row, "qa_id")
         qa_ids.append(qa_id if isinstance(qa_id, str) else f"<row {i}>")
         if "type" not in bad:
-            qtype[i] = _field(row, "type")
+            qtype[i] = row_field(row, "type")
         if "question" not in bad:
-            question[i] = _field(row, "question").strip()
-        answer = None if "answer" in bad else _field(row, "answer")
+            question[i] = row_field(row, "question").strip()
+        answer = None if "answer" in bad else row_field(row, "answer")
         if answer is not None:
             word_count[i] = len(answer.split())
         norm_answer = normalise_text(answer) if answer else ""
         if question[i] is not None and answer is not None:
-            leaked[i] = bool(norm_answer) and f" {norm_answer} " in f" {normalise_text(question[i])} "
+            leaked[i] = leaks_answer(question[i], answer)
         ids_ok = "conversation_id" not in bad and "session_id" not in bad
         if ids_ok:
-            key = (_field(row, "conversation_id"), _field(row, "session_id"))
+            key = (row_field(row, "conversation_id"), row_field(row, "session_id"))
             contexts[i] = ctx = sessions.get(key)
             if question[i] is not None:
                 groups.setdefault(key, []).append(i)
@@ -398,9 +392,9 @@ def _compute_features(
             ctx = None
         if not ids_ok or "evidence" in bad or "evidence_sessions" in bad:
             continue
-        evidence = _field(row, "evidence")
+        evidence = row_field(row, "evidence")
         if ctx is None:
-            evidence_missing[i] = len(evidence) + len(_field(row, "evidence_sessions"))
+            evidence_missing[i] = len(evidence) + len(row_field(row, "evidence_sessions"))
             continue
         index = ctx.index
         found_turns: list[str] = []
@@ -413,7 +407,7 @@ def _compute_features(
             else:
                 found_turns.append(turn_id)
                 positions.add(position)
-        for session_id in _field(row, "evidence_sessions"):
+        for session_id in row_field(row, "evidence_sessions"):
             position = ctx.session_position(session_id)
             if position is None:
                 missing += 1
@@ -422,12 +416,11 @@ def _compute_features(
         evidence_missing[i] = missing
         if not found_turns or not norm_answer:
             continue
-        padded = f" {norm_answer} "
         for turn_id in found_turns:
             norm = norm_turns.get((id(index), turn_id))
             if norm is None:
-                norm = norm_turns[(id(index), turn_id)] = f" {normalise_text(index.turn_text[turn_id])} "
-            if padded in norm:
+                norm = norm_turns[(id(index), turn_id)] = normalise_text(index.turn_text[turn_id])
+            if contains_normalised(norm_answer, norm):
                 answer_exact[i] = True
                 break
         if not answer_exact[i] and positions:
@@ -468,7 +461,7 @@ def _compute_features(
 
 def _embed_once(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """One embed call for every text (escaped first if any holds a lone surrogate)."""
-    vectors = np.asarray(embedder.embed(_safe(texts)), dtype=np.float32)
+    vectors = np.asarray(embedder.embed(safe(texts)), dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(texts):
         raise ValueError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
     return vectors
@@ -519,36 +512,23 @@ def _duplicates(
 
 
 # ---------------------------------------------------------------------------------------------
-# the checks: one GX expectation each, with a describer that turns a failing row into a message
-
-_Describe = Callable[[int, Any], str]
+# the checks: one GX expectation each; ``describe(row position, features or table)`` gives the message
 
 
-@dataclass(frozen=True)
-class _Check:
-    key: str  # unique; stored in the GX expectation's meta
-    name: str  # the memforge expectation it implements
-    table: str
-    gx_type: str
-    kwargs: dict[str, Any]
-    describe: _Describe
-    condition: tuple[str, Any] | None = None  # GX row_condition: column == value
-
-
-def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
+def _row_checks(cfg: SynthQAConfig) -> list[Check]:
     most, support, dup = cfg.max_answer_words, cfg.support_similarity, cfg.duplicate_similarity
 
     def fields(i: int, f: _Features) -> str:
         return "; ".join(f.field_problems.get(i, ["malformed row"]))
 
     def type_value(i: int, f: _Features) -> str:
-        return f"type {_show(str(f.qtype[i]))} is not one of {', '.join(QUESTION_TYPES)}"
+        return f"type {show(str(f.qtype[i]))} is not one of {', '.join(QUESTION_TYPES)}"
 
     def unique_id(i: int, f: _Features) -> str:
-        return f"qa_id {_show(f.qa_ids[i])} occurs {f.id_counts[f.qa_ids[i]]} times"
+        return f"qa_id {show(f.qa_ids[i])} occurs {f.id_counts[f.qa_ids[i]]} times"
 
     def question_mark(i: int, f: _Features) -> str:
-        return f"question {_show(str(f.question[i]))} does not end with '?'"
+        return f"question {show(str(f.question[i]))} does not end with '?'"
 
     def answer_short(i: int, f: _Features) -> str:
         count = int(f.word_count[i])
@@ -556,51 +536,51 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
 
     def leaked(i: int, f: _Features) -> str:
         row = f.rows[i]
-        return f"answer {_show(_field(row, 'answer'))} appears in the question {_show(_field(row, 'question'))}"
+        return f"answer {show(row_field(row, 'answer'))} appears in the question {show(row_field(row, 'question'))}"
 
     def evidence(i: int, f: _Features) -> str:
         row, ctx = f.rows[i], f.contexts[i]
-        where = f"conversation {_show(_field(row, 'conversation_id'))} session {_show(_field(row, 'session_id'))}"
+        where = f"conversation {show(row_field(row, 'conversation_id'))} session {show(row_field(row, 'session_id'))}"
         if ctx is None:
             return f"{where} is not in the dialogues, so none of its evidence exists"
         problems = []
-        for turn_id in _field(row, "evidence"):
+        for turn_id in row_field(row, "evidence"):
             if ctx.turn_session_position(turn_id) is None:
                 later = turn_id in ctx.index.turn_session
-                problems.append(f"turn {_show(turn_id)} " + ("is from a later session" if later else "does not exist"))
-        for session_id in _field(row, "evidence_sessions"):
+                problems.append(f"turn {show(turn_id)} " + ("is from a later session" if later else "does not exist"))
+        for session_id in row_field(row, "evidence_sessions"):
             if ctx.session_position(session_id) is None:
                 later = session_id in ctx.index.session_position
                 problems.append(
-                    f"evidence session {_show(session_id)} " + ("is a later session" if later else "does not exist")
+                    f"evidence session {show(session_id)} " + ("is a later session" if later else "does not exist")
                 )
         shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
         return f"{where}: {shown}"
 
     def supported(i: int, f: _Features) -> str:
         row = f.rows[i]
-        cited = ", ".join(_show(t) for t in _field(row, "evidence")[:5])
+        cited = ", ".join(show(t) for t in row_field(row, "evidence")[:5])
         return (
-            f"answer {_show(_field(row, 'answer'))} is not in evidence turn(s) {cited}, is not the date of an "
+            f"answer {show(row_field(row, 'answer'))} is not in evidence turn(s) {cited}, is not the date of an "
             f"evidence session, and its similarity to them is {f.similarity[i]:.3f} < {support:g}"
         )
 
     def same_text(i: int, f: _Features) -> str:
-        return f"question repeats earlier question {_show(f.qa_ids[f.prior_row[i]])} of the same session"
+        return f"question repeats earlier question {show(f.qa_ids[f.prior_row[i]])} of the same session"
 
     def near_duplicate(i: int, f: _Features) -> str:
         return (
-            f"question is a near-duplicate of earlier question {_show(f.qa_ids[f.prior_row[i]])} "
+            f"question is a near-duplicate of earlier question {show(f.qa_ids[f.prior_row[i]])} "
             f"(cosine {f.max_prior_similarity[i]:.3f} >= {dup:g})"
         )
 
     between = "ExpectColumnValuesToBeBetween"
     in_set = "ExpectColumnValuesToBeInSet"
     return [
-        _Check(
+        Check(
             "required_fields", "required_fields", "rows", between, {"column": "field_errors", "max_value": 0}, fields
         ),
-        _Check(
+        Check(
             "required_fields.type",
             "required_fields",
             "rows",
@@ -608,7 +588,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "type", "value_set": list(QUESTION_TYPES)},
             type_value,
         ),
-        _Check(
+        Check(
             "required_fields.qa_id",
             "required_fields",
             "rows",
@@ -616,7 +596,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "qa_id"},
             unique_id,
         ),
-        _Check(
+        Check(
             "question_mark",
             "question_mark",
             "rows",
@@ -624,7 +604,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "question", "regex": r"\?$"},
             question_mark,
         ),
-        _Check(
+        Check(
             "answer_short",
             "answer_short",
             "rows",
@@ -632,10 +612,10 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "word_count", "min_value": 1, "max_value": most},
             answer_short,
         ),
-        _Check(
+        Check(
             "answer_not_leaked", "answer_not_leaked", "rows", in_set, {"column": "leaked", "value_set": [False]}, leaked
         ),
-        _Check(
+        Check(
             "evidence_exists",
             "evidence_exists",
             "rows",
@@ -643,7 +623,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "evidence_missing", "max_value": 0},
             evidence,
         ),
-        _Check(
+        Check(
             "answer_supported",
             "answer_supported",
             "rows",
@@ -652,7 +632,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             supported,
             condition=("answer_exact", False),
         ),
-        _Check(
+        Check(
             "not_duplicate.same_text",
             "not_duplicate",
             "rows",
@@ -660,7 +640,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "same_as_earlier", "value_set": [False]},
             same_text,
         ),
-        _Check(
+        Check(
             "not_duplicate.similar",
             "not_duplicate",
             "rows",
@@ -671,7 +651,7 @@ def _row_checks(cfg: SynthQAConfig) -> list[_Check]:
     ]
 
 
-def _dataset_checks(cfg: SynthQAConfig) -> list[_Check]:
+def _dataset_checks(cfg: SynthQAConfig) -> list[Check]:
     def off_mix(i: int, t: Any) -> str:
         return (
             f"{t['type'][i]} share {t['share'][i]:.3f} vs target {t['target'][i]:.2f} "
@@ -679,10 +659,10 @@ def _dataset_checks(cfg: SynthQAConfig) -> list[_Check]:
         )
 
     def uncovered(i: int, t: Any) -> str:
-        return f"{_clean(t['conversation_id'][i])}/{_clean(t['session_id'][i])}: {t['reason'][i]}"
+        return f"{clean(t['conversation_id'][i])}/{clean(t['session_id'][i])}: {t['reason'][i]}"
 
     return [
-        _Check(
+        Check(
             "type_mix",
             "type_mix",
             "types",
@@ -690,7 +670,7 @@ def _dataset_checks(cfg: SynthQAConfig) -> list[_Check]:
             {"column": "share_deviation", "max_value": cfg.mix_tolerance},
             off_mix,
         ),
-        _Check(
+        Check(
             "session_coverage",
             "session_coverage",
             "sessions",
@@ -710,10 +690,10 @@ def _rows_frame(f: _Features) -> pd.DataFrame:
         field_errors[i] = len(problems)
     return pd.DataFrame(
         {
-            "qa_id": _escaped(f.qa_ids),
-            "type": _escaped(f.qtype),
+            "qa_id": escaped(f.qa_ids),
+            "type": escaped(f.qtype),
             "field_errors": field_errors,
-            "question": _escaped(f.question),
+            "question": escaped(f.question),
             "word_count": f.word_count,
             "leaked": pd.array(f.leaked, dtype="boolean"),
             "evidence_missing": f.evidence_missing,
@@ -725,52 +705,21 @@ def _rows_frame(f: _Features) -> pd.DataFrame:
     )
 
 
-def _escaped(values: list[str | None]) -> list[str | None]:
-    """Strings storable in Arrow (lone surrogates escaped); ``None`` kept."""
-    present = [v for v in values if v is not None]
-    if _safe(present) is present:
-        return values
-    return [None if v is None else _clean(v) for v in values]
-
-
 # ---------------------------------------------------------------------------------------------
 # the validator
 
 
-@dataclass
-class _CheckTotals:
-    element_count: int = 0
-    unexpected_count: int = 0
-    success: bool = True
-    examples: list[dict[str, str]] = field(default_factory=list)
-
-
-class QAValidator:
+class QAValidator(SuiteValidator):
     """Validates synthetic QA rows against their dialogues with three great-expectations suites.
 
     ``embedder`` is any ``Embedder`` (wrap it in an ``EmbeddingCache`` to reuse vectors across calls).
+    ``cfg``'s thresholds were checked when it was built (``SynthQAConfig``).
     """
 
     def __init__(self, cfg: SynthQAConfig, embedder: Embedder) -> None:
-        from great_expectations.expectations.row_conditions import Column
-
-        from components.gx import TableSuites, expectation
-
-        _check_config(cfg)
+        super().__init__("qa", QA_EXPECTATION_NAMES, _TABLES, _row_checks(cfg) + _dataset_checks(cfg))
         self.cfg = cfg
         self.embedder = embedder
-        self._checks = _row_checks(cfg) + _dataset_checks(cfg)
-        self._check_by_key = {check.key: check for check in self._checks}
-
-        def build(check: _Check) -> Any:
-            condition = None if check.condition is None else Column(check.condition[0]) == check.condition[1]
-            return expectation(check.gx_type, check.kwargs, name=check.name, key=check.key, row_condition=condition)
-
-        self._gx = TableSuites.build(
-            "memforge_qa",
-            "memforge_qa",
-            {table: [build(check) for check in self._checks if check.table == table] for table in _TABLES},
-        )
 
     # -- public -----------------------------------------------------------------------------
 
@@ -783,7 +732,7 @@ class QAValidator:
         """Validate ``rows`` against their sessions; ``requested`` = the sessions that need questions
         (default: every key of ``sessions``)."""
         features = _compute_features(rows, sessions, self.embedder)
-        totals = {check.key: _CheckTotals() for check in self._checks}
+        totals = {check.key: CheckTotals() for check in self.checks}
         verdicts, failed_rows = self._row_level(features, totals)
         usable_mask = np.fromiter((v.passed for v in verdicts), dtype=bool, count=len(verdicts))
         total = len(rows)
@@ -828,30 +777,28 @@ class QAValidator:
     # -- internals --------------------------------------------------------------------------
 
     def _row_level(
-        self, features: _Features, totals: dict[str, _CheckTotals]
+        self, features: _Features, totals: dict[str, CheckTotals]
     ) -> tuple[list[QAVerdict], dict[str, set[int]]]:
         """Run the rows suite; one verdict per row and the failing rows of each row-level expectation."""
         found: dict[int, list[tuple[int, str, str]]] = {}  # failing row -> (check rank, name, detail)
         failed_rows: dict[str, set[int]] = {name: set() for name in ROW_EXPECTATIONS}
-        rank = {check.key: i for i, check in enumerate(self._checks)}
         if features.rows:
-            for check, (bad, evaluated) in self._run("rows", _rows_frame(features)):
-                t = totals[check.key]
-                t.element_count, t.unexpected_count, t.success = evaluated, int(bad.size), bad.size == 0
-                failed_rows[check.name].update(bad.tolist())
-                for i in bad.tolist():
+            for run in self.run("rows", _rows_frame(features)):
+                check, bad = run.check, run.rows.tolist()
+                totals[check.key].add(run)
+                failed_rows[check.name].update(bad)
+                for i in bad:
                     detail = check.describe(i, features)
-                    found.setdefault(i, []).append((rank[check.key], check.name, detail))
-                    if len(t.examples) < MAX_EXAMPLES:
-                        t.examples.append({"qa_id": _clean(features.qa_ids[i]), "detail": _clean(detail)})
-        verdicts = [QAVerdict(qa_id, [], index=i) for i, qa_id in enumerate(features.qa_ids)]
+                    found.setdefault(i, []).append((self.rank(check), check.name, detail))
+                    totals[check.key].add_example({"qa_id": clean(features.qa_ids[i]), "detail": clean(detail)})
+        verdicts = [QAVerdict(qa_id, index=i) for i, qa_id in enumerate(features.qa_ids)]
         for i, failures in found.items():
             failures.sort(key=lambda item: item[0])
             verdicts[i].failures = [(name, detail) for _, name, detail in failures]
         return verdicts, failed_rows
 
     def _dataset_level(
-        self, tables: dict[str, dict[str, list[Any]]], totals: dict[str, _CheckTotals], usable: int
+        self, tables: dict[str, dict[str, list[Any]]], totals: dict[str, CheckTotals], usable: int
     ) -> tuple[dict[str, str], dict[str, float]]:
         """Run the types and sessions suites; the critical message and the pass rate of each expectation."""
         import pandas as pd
@@ -862,25 +809,19 @@ class QAValidator:
             if not columns["usable_rows"]:  # nothing requested: nothing to cover
                 continue
             frame = pd.DataFrame(
-                {k: (_escaped(v) if k in ("conversation_id", "session_id") else v) for k, v in columns.items()}
+                {k: (escaped(v) if k in ("conversation_id", "session_id") else v) for k, v in columns.items()}
             )
-            for check, (bad, evaluated) in self._run(table, frame):
-                t = totals[check.key]
-                t.element_count, t.unexpected_count, t.success = evaluated, int(bad.size), bad.size == 0
-                rates[check.name] = 1.0 - bad.size / evaluated if evaluated else 1.0
-                t.examples = [{"detail": _clean(check.describe(int(i), columns))} for i in bad[:MAX_EXAMPLES]]
+            for run in self.run(table, frame):
+                check, bad = run.check, run.rows
+                totals[check.key].add(run)
+                rates[check.name] = 1.0 - bad.size / run.evaluated if run.evaluated else 1.0
+                for i in bad[:MAX_EXAMPLES]:
+                    totals[check.key].add_example({"detail": clean(check.describe(int(i), columns))})
                 if bad.size:
                     failures[check.name] = self._dataset_message(check, bad, columns, usable)
         return failures, rates
 
-    def _run(self, table: str, frame: pd.DataFrame) -> Iterator[tuple[_Check, tuple[np.ndarray, int]]]:
-        """Validate ``frame`` with the table's suite; yields (check, (failing row positions, rows evaluated))."""
-        for expectation_result in self._gx.validate(table, frame):
-            check = self._check_by_key[check_key(expectation_result)]
-            failing = unexpected_rows(expectation_result, f"{check.key} ({check.gx_type})")
-            yield check, (failing, element_count(expectation_result, len(frame)))
-
-    def _dataset_message(self, check: _Check, bad: np.ndarray, columns: dict[str, list[Any]], usable: int) -> str:
+    def _dataset_message(self, check: Check, bad: np.ndarray, columns: dict[str, list[Any]], usable: int) -> str:
         shown = "; ".join(check.describe(int(i), columns) for i in bad[:MAX_NAMED])
         more = f"; ... and {bad.size - MAX_NAMED} more" if bad.size > MAX_NAMED else ""
         if check.name == "type_mix":
@@ -896,53 +837,24 @@ class QAValidator:
     def _validation_result(
         self,
         report: QAQualityReport,
-        totals: dict[str, _CheckTotals],
+        totals: dict[str, CheckTotals],
         types: dict[str, list[Any]],
         coverage: dict[str, list[Any]],
     ) -> dict[str, Any]:
-        import great_expectations as gx
-
-        results = []
-        for check in self._checks:
-            t = totals[check.key]
-            kwargs = dict(check.kwargs)
-            if check.condition is not None:
-                kwargs["row_condition"] = f"{check.condition[0]} == {check.condition[1]}"
-            results.append(
-                {
-                    "expectation": check.name,
-                    "check": check.key,
-                    "level": "row" if check.name in ROW_EXPECTATIONS else "dataset",
-                    "on_failure": "quarantine" if check.name in ROW_EXPECTATIONS else "critical",
-                    "table": check.table,
-                    "expectation_type": _snake(check.gx_type),
-                    "kwargs": kwargs,
-                    "success": t.success,
-                    "element_count": t.element_count,
-                    "unexpected_count": t.unexpected_count,
-                    "unexpected_percent": 100.0 * t.unexpected_count / t.element_count if t.element_count else None,
-                    "examples": list(t.examples),
-                    "examples_truncated": t.unexpected_count > len(t.examples),
-                }
-            )
-        successful = sum(1 for r in results if r["success"])
+        results = [totals[check.key].result(check, _levels(check)) for check in self.checks]
+        statistics = suite_statistics(results)
         uncovered = [
-            f"{_clean(c)}/{_clean(s)}"
+            f"{clean(c)}/{clean(s)}"
             for c, s, u in zip(
                 coverage["conversation_id"], coverage["session_id"], coverage["usable_rows"], strict=True
             )
             if not u
         ]
         return {
-            "success": successful == len(results) and not report.critical,
-            "engine": f"great_expectations {gx.__version__}",
-            "suites": [f"memforge_qa_{table}" for table in _TABLES],
-            "statistics": {
-                "evaluated_expectations": len(results),
-                "successful_expectations": successful,
-                "unsuccessful_expectations": len(results) - successful,
-                "success_percent": 100.0 * successful / len(results),
-            },
+            "success": statistics["unsuccessful_expectations"] == 0 and not report.critical,
+            "engine": gx_engine(),
+            "suites": list(self.suite_names),
+            "statistics": statistics,
             "rows": {
                 "total": report.total,
                 "usable": report.usable,
@@ -965,9 +877,15 @@ class QAValidator:
                 "covered": len(coverage["usable_rows"]) - len(uncovered),
                 "uncovered_examples": uncovered[:MAX_EXAMPLES],
             },
-            "critical": [_clean(message) for message in report.critical],
+            "critical": [clean(message) for message in report.critical],
             "results": results,
         }
+
+
+def _levels(check: Check) -> dict[str, str]:
+    """A check's level and what its failure does, as the validation result labels them."""
+    row_level = check.name in ROW_EXPECTATIONS
+    return {"level": "row" if row_level else "dataset", "on_failure": "quarantine" if row_level else "critical"}
 
 
 def _type_table(usable_type_counts: Counter[Any], usable: int, targets: dict[str, float]) -> dict[str, list[Any]]:
@@ -996,7 +914,7 @@ def _coverage_table(
     usable_count: Counter[tuple[str, str]] = Counter()
     reasons: dict[tuple[str, str], Counter[str]] = {}
     for row, verdict in zip(rows, verdicts, strict=True):
-        key = (_field(row, "conversation_id"), _field(row, "session_id"))
+        key = (row_field(row, "conversation_id"), row_field(row, "session_id"))
         if not isinstance(key[0], str) or not isinstance(key[1], str):
             continue
         row_count[key] += 1
@@ -1029,118 +947,5 @@ def _coverage_table(
 def _type_label(value: str | None, row: Any) -> str:
     if value is not None:
         return value
-    raw = _field(row, "type")
+    raw = row_field(row, "type")
     return "<missing>" if raw is None else f"<{type(raw).__name__}>"
-
-
-def _check_config(cfg: SynthQAConfig) -> None:
-    problems = []
-    if cfg.max_answer_words < 1:
-        problems.append(f"max_answer_words must be at least 1, got {cfg.max_answer_words}")
-    for name in ("support_similarity", "duplicate_similarity"):
-        value = getattr(cfg, name)
-        if not -1.0 <= value <= 1.0 or math.isnan(value):
-            problems.append(f"{name} must be a cosine similarity in [-1, 1], got {value}")
-    if not 0.0 <= cfg.mix_tolerance <= 1.0:
-        problems.append(f"mix_tolerance must be in [0, 1], got {cfg.mix_tolerance}")
-    if not 0.0 <= cfg.min_usable_fraction <= 1.0:
-        problems.append(f"min_usable_fraction must be in [0, 1], got {cfg.min_usable_fraction}")
-    if problems:
-        raise ConfigError("synth_qa: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------
-# dataset card
-
-#: Example rows shown per question type in the dataset card.
-CARD_EXAMPLES_PER_TYPE = 5
-_CARD_CELL = 120  # characters of a user-supplied string shown in a card cell
-
-
-def _cell(value: Any) -> str:
-    """A markdown table cell: escaped, one line, bounded."""
-    text = _clean(value if isinstance(value, str) else ", ".join(map(str, value)) if value else "")
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= _CARD_CELL else text[: _CARD_CELL - 3] + "..."
-
-
-def dataset_card(report: QAQualityReport, rows: Sequence[QARow], cfg: SynthQAConfig) -> str:
-    """A markdown card: counts by type and generator, pass rates, usable fraction, examples per type and a
-    summary of the quarantine reasons. ``rows`` = the sequence that produced ``report``."""
-    targets = target_shares(cfg)
-    gate = quality_gate_message(report, cfg)
-    usable_by_generator: Counter[str] = Counter()
-    by_generator: Counter[str] = Counter()
-    for verdict in report.verdicts:
-        generator = _field(rows[verdict.index], "generator")
-        label = generator if isinstance(generator, str) else "<missing>"
-        by_generator[label] += 1
-        usable_by_generator[label] += verdict.passed
-    lines = [
-        "# Synthetic QA dataset card",
-        "",
-        f"- rows: {report.total}",
-        f"- usable: {report.usable} (usable fraction {report.usable_fraction():.3f}; "
-        f"min_usable_fraction {cfg.min_usable_fraction:g})",
-        f"- quarantined: {report.total - report.usable}",
-        f"- quality gate: {'passed' if gate is None else 'FAILED'}",
-        "",
-        "## Counts by type",
-        "",
-        "| type | rows | usable | usable share | target share |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for qtype in (*QUESTION_TYPES, *sorted(set(report.type_counts) - set(QUESTION_TYPES))):
-        usable = report.usable_type_counts.get(qtype, 0)
-        share = f"{usable / report.usable:.3f}" if report.usable else "-"
-        target = f"{targets[qtype]:.2f}" if qtype in targets else "-"
-        lines.append(f"| {_cell(qtype)} | {report.type_counts.get(qtype, 0)} | {usable} | {share} | {target} |")
-    lines += ["", "## Counts by generator", "", "| generator | rows | usable |", "| --- | ---: | ---: |"]
-    for generator, count in sorted(by_generator.items()):
-        lines.append(f"| {_cell(generator)} | {count} | {usable_by_generator[generator]} |")
-    lines += [
-        "",
-        "## Pass rates",
-        "",
-        "| expectation | level | on failure | pass rate | failing |",
-        "| --- | --- | --- | ---: | ---: |",
-    ]
-    for name in QA_EXPECTATION_NAMES:
-        row_level = name in ROW_EXPECTATIONS
-        failing = report.failed_counts.get(name, 0)
-        unit = "rows" if row_level else ("types" if name == "type_mix" else "sessions")
-        lines.append(
-            f"| {name} | {'row' if row_level else 'dataset'} | {'quarantine' if row_level else 'critical'} | "
-            f"{report.pass_rates.get(name, 1.0):.4f} | {failing} {unit} |"
-        )
-    if gate is not None:
-        lines += ["", "## Critical", "", "```", _clean(gate), "```"]
-    lines += ["", "## Quarantine reasons", ""]
-    examples: dict[str, list[str]] = {}
-    for verdict in report.verdicts:
-        for name, detail in verdict.failures:
-            shown = examples.setdefault(name, [])
-            if len(shown) < 3:
-                shown.append(f"`{_cell(verdict.qa_id)}`: {_cell(detail)}")
-    quarantine = [(name, report.failed_counts.get(name, 0)) for name in ROW_EXPECTATIONS]
-    if not any(count for _, count in quarantine):
-        lines.append("No row was quarantined.")
-    for name, count in quarantine:
-        if count:
-            lines.append(f"- **{name}**: {count} row(s)")
-            lines.extend(f"  - {example}" for example in examples.get(name, []))
-    lines += ["", "## Examples", ""]
-    for qtype in QUESTION_TYPES:
-        picked = [rows[v.index] for v in report.verdicts if v.passed and _field(rows[v.index], "type") == qtype][
-            :CARD_EXAMPLES_PER_TYPE
-        ]
-        lines += [f"### {qtype}", ""]
-        if not picked:
-            lines += ["No usable rows.", ""]
-            continue
-        lines += ["| qa_id | question | answer | evidence | generator |", "| --- | --- | --- | --- | --- |"]
-        for row in picked:
-            cells = [_cell(_field(row, name)) for name in ("qa_id", "question", "answer", "evidence", "generator")]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

@@ -13,45 +13,43 @@ reused for every batch. Raw text never enters a GX table: pandas 3 stores string
 cannot hold lone surrogates, so text is represented by derived columns (stripped length, count of
 lone surrogates) and ids are stored escaped when they are not valid Unicode.
 
-A conversation that fails an expectation named in ``QualityConfig.critical`` is *critical* (the stage
-stops, naming the records); one that fails only other expectations is *quarantined*.
+The expectation names are ``config.DialogueExpectation`` (so ``QualityConfig.critical`` is checked when the
+config loads). A conversation that fails an expectation named in ``QualityConfig.critical`` is *critical* (the
+stage stops, naming the records); one that fails only other expectations is *quarantined*.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from components.config import QualityConfig
+from components.config import DialogueExpectation, QualityConfig
 from components.dialogue.schema import Conversation, Question, Session, Turn, parse_timestamp
-from components.errors import ConfigError
-from components.gx import check_key, unexpected_rows
+from components.quality.core import (
+    Check,
+    CheckTotals,
+    SuiteValidator,
+    Verdict,
+    clean,
+    gx_engine,
+    safe,
+    show,
+    suite_statistics,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-EXPECTATION_NAMES: tuple[str, ...] = (
-    "unique_ids",
-    "session_has_turns",
-    "timestamp_parses",
-    "timestamps_monotonic",
-    "speaker_known",
-    "evidence_exists",
-    "turn_length",
-    "session_length",
-    "valid_utf8",
-)
+#: The suite's expectations, in suite order.
+EXPECTATION_NAMES: tuple[str, ...] = get_args(DialogueExpectation)
 
 #: Failing rows described per conversation and GX expectation; the rest are counted in one line.
 MAX_DETAILS_PER_CHECK = 10
-#: Example failing records kept per GX expectation in ``validation_result``.
-MAX_EXAMPLES = 20
-_MAX_SHOWN = 80  # characters of a user-supplied string quoted in a message
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TABLES = ("conversations", "sessions", "turns", "questions", "evidence")
@@ -69,25 +67,15 @@ class RecordRef:
     record: str
 
     def __str__(self) -> str:
-        return f"{_clean(self.source_file)} [{_clean(self.record)}]"
+        return f"{clean(self.source_file)} [{clean(self.record)}]"
 
 
 @dataclass
-class ConversationVerdict:
-    """The outcome for one conversation: ``(expectation name, detail)`` for every failure found."""
+class ConversationVerdict(Verdict):
+    """The outcome for one conversation, and where it was read."""
 
     conversation_id: str
     ref: RecordRef
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def failed_expectations(self) -> list[str]:
-        """Names of the failed expectations, each once, in suite order."""
-        names = {name for name, _ in self.failures}
-        return [name for name in EXPECTATION_NAMES if name in names]
 
 
 @dataclass
@@ -164,14 +152,14 @@ def format_critical_summary(
         {name for v in failing for name, _ in v.failures if critical is None or name in critical},
         key=EXPECTATION_NAMES.index,
     )
-    files = sorted({_clean(v.ref.source_file) for v in failing})
+    files = sorted({clean(v.ref.source_file) for v in failing})
     lines = [
         f"{len(failing)} conversation(s) failed critical data-quality expectation(s) {', '.join(names)} "
         f"in {', '.join(files[:5])}{f' and {len(files) - 5} more file(s)' if len(files) > 5 else ''}:"
     ]
     for verdict in failing[:limit]:
         shown = [(n, d) for n, d in verdict.failures if critical is None or n in critical]
-        lines.append(f"  {verdict.ref} conversation {_show(verdict.conversation_id)}:")
+        lines.append(f"  {verdict.ref} conversation {show(verdict.conversation_id)}:")
         lines.extend(f"    - {name}: {detail}" for name, detail in shown[:5])
         if len(shown) > 5:
             lines.append(f"    - ... and {len(shown) - 5} more failure(s)")
@@ -184,21 +172,6 @@ def format_critical_summary(
 # string helpers
 
 
-def _clean(value: str) -> str:
-    """``value`` with lone surrogates written as ``\\udXXX`` escapes, so it can be encoded as UTF-8."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _show(value: str) -> str:
-    """A quoted, escaped, length-bounded rendering of a user-supplied string."""
-    text = repr(value)
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 4] + "...'"
-
-
 def _lone_surrogates(values: list[str]) -> list[int] | None:
     """Per value, the number of lone surrogates; ``None`` when there are none at all (the usual case)."""
     try:
@@ -206,15 +179,6 @@ def _lone_surrogates(values: list[str]) -> list[int] | None:
         return None
     except UnicodeEncodeError:
         return [len(_SURROGATE.findall(v)) for v in values]
-
-
-def _safe(values: list[str]) -> list[str]:
-    """``values`` made storable in Arrow strings (lone surrogates escaped), unchanged when already valid."""
-    try:
-        "\x00".join(values).encode("utf-8")
-        return values
-    except UnicodeEncodeError:
-        return [_clean(v) for v in values]
 
 
 def _surrogate_counts(size: int, *columns: list[str]) -> Any:
@@ -333,7 +297,7 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
     conversations_df = pd.DataFrame(
         {
             "item": np.arange(len(conversations), dtype=i32),
-            "conversation_id": _safe(c_ids),
+            "conversation_id": safe(c_ids),
             "seen_earlier": np.fromiter((cid in seen for cid in c_ids), dtype=bool, count=len(c_ids)),
             "bad_chars": _surrogate_counts(len(c_ids), c_blobs),
         }
@@ -343,7 +307,7 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
         {
             "item": np.asarray(s_item, dtype=i32),
             "session": np.asarray(s_pos, dtype=i32),
-            "session_id": _safe(s_id),
+            "session_id": safe(s_id),
             "num_turns": np.asarray(s_turns, dtype=np.int64),
             "timestamp_epoch": np.asarray(s_epoch, dtype=np.float64),
             "bad_chars": _surrogate_counts(len(s_id), s_blobs),
@@ -355,14 +319,14 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
     sessions_df["gap_seconds"] = epoch - previous
 
     t_item_arr = np.asarray(t_item, dtype=i32)
-    t_speaker_safe = _safe(t_speaker)
-    known_speakers = pd.MultiIndex.from_arrays([np.asarray(sp_item, dtype=i32), _safe(sp_name)])
+    t_speaker_safe = safe(t_speaker)
+    known_speakers = pd.MultiIndex.from_arrays([np.asarray(sp_item, dtype=i32), safe(sp_name)])
     turns_df = pd.DataFrame(
         {
             "item": t_item_arr,
             "session": np.asarray(t_session, dtype=i32),
             "turn": np.asarray(t_pos, dtype=i32),
-            "turn_id": _safe(t_id),
+            "turn_id": safe(t_id),
             "speaker_known": pd.MultiIndex.from_arrays([t_item_arr, t_speaker_safe]).isin(known_speakers),
             "text_chars": np.fromiter((len(text.strip()) for text in t_text), dtype=np.int64, count=len(t_text)),
             "bad_chars": _surrogate_counts(len(t_id), t_id, t_speaker, t_text),
@@ -373,7 +337,7 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
         {
             "item": np.asarray(q_item, dtype=i32),
             "question": np.asarray(q_pos, dtype=i32),
-            "question_id": _safe(q_id),
+            "question_id": safe(q_id),
             "bad_chars": _surrogate_counts(len(q_id), q_blobs),
         }
     )
@@ -385,7 +349,7 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
             "item": e_item_arr,
             "question": np.asarray(e_question, dtype=i32),
             "evidence": np.asarray(e_pos, dtype=i32),
-            "evidence_found": pd.MultiIndex.from_arrays([e_item_arr, _safe(e_id)]).isin(turn_keys),
+            "evidence_found": pd.MultiIndex.from_arrays([e_item_arr, safe(e_id)]).isin(turn_keys),
         }
     )
     return {
@@ -398,21 +362,10 @@ def _build_tables(conversations: list[Conversation], seen: set[str]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# the checks: one GX expectation each, with a describer that turns a failing row into a message
+# the checks: one GX expectation each; ``describe(conversation, row)`` turns a failing row into a message
 
 _Row = dict[str, Any]  # one table row: positions (item, session, turn, question, evidence) and derived values
-_Describe = Callable[[Conversation, _Row], str]
 _BETWEEN = "ExpectColumnValuesToBeBetween"
-
-
-@dataclass(frozen=True)
-class _Check:
-    key: str  # unique; stored in the GX expectation's meta
-    name: str  # the memforge expectation it implements
-    table: str
-    gx_type: str  # class name in great_expectations.expectations
-    kwargs: dict[str, Any]
-    describe: _Describe
 
 
 def _session(conv: Conversation, row: _Row) -> Session:
@@ -420,7 +373,7 @@ def _session(conv: Conversation, row: _Row) -> Session:
 
 
 def _session_id(conv: Conversation, row: _Row) -> str:
-    return _show(_session(conv, row).session_id)
+    return show(_session(conv, row).session_id)
 
 
 def _turn(conv: Conversation, row: _Row) -> Turn:
@@ -428,7 +381,7 @@ def _turn(conv: Conversation, row: _Row) -> Turn:
 
 
 def _turn_label(conv: Conversation, row: _Row) -> str:
-    return f"turn {_show(_turn(conv, row).turn_id)} (session {_session_id(conv, row)})"
+    return f"turn {show(_turn(conv, row).turn_id)} (session {_session_id(conv, row)})"
 
 
 def _question(conv: Conversation, row: _Row) -> Question:
@@ -438,52 +391,52 @@ def _question(conv: Conversation, row: _Row) -> Question:
 def _previous_timestamp(conv: Conversation, index: int) -> str:
     for session in reversed(conv.sessions[:index]):
         if parse_timestamp(session.timestamp) is not None:
-            return _show(session.timestamp)
+            return show(session.timestamp)
     return "?"
 
 
-def _checks(config: QualityConfig) -> list[_Check]:
+def _checks(config: QualityConfig) -> list[Check]:
     """The GX expectations of the suite, in ``EXPECTATION_NAMES`` order, with their describers."""
     lo, hi, most = config.min_turn_chars, config.max_turn_chars, config.max_turns_per_session
 
     def dup_conversation(c: Conversation, r: _Row) -> str:
-        return f"conversation_id {_show(c.conversation_id)} occurs more than once in this batch"
+        return f"conversation_id {show(c.conversation_id)} occurs more than once in this batch"
 
     def seen_conversation(c: Conversation, r: _Row) -> str:
-        return f"conversation_id {_show(c.conversation_id)} already appeared in an earlier batch"
+        return f"conversation_id {show(c.conversation_id)} already appeared in an earlier batch"
 
     def dup_session(c: Conversation, r: _Row) -> str:
         return f"session_id {_session_id(c, r)} (session #{r['session']}) is not unique in the conversation"
 
     def dup_turn(c: Conversation, r: _Row) -> str:
-        return f"turn_id {_show(_turn(c, r).turn_id)} (session {_session_id(c, r)}) is not unique in the conversation"
+        return f"turn_id {show(_turn(c, r).turn_id)} (session {_session_id(c, r)}) is not unique in the conversation"
 
     def dup_question(c: Conversation, r: _Row) -> str:
-        question_id = _show(_question(c, r).question_id)
+        question_id = show(_question(c, r).question_id)
         return f"question_id {question_id} (question #{r['question']}) is not unique in the conversation"
 
     def empty_session(c: Conversation, r: _Row) -> str:
         return f"session {_session_id(c, r)} (session #{r['session']}) has no turns"
 
     def bad_timestamp(c: Conversation, r: _Row) -> str:
-        return f"session {_session_id(c, r)} timestamp {_show(_session(c, r).timestamp)} is not ISO 8601"
+        return f"session {_session_id(c, r)} timestamp {show(_session(c, r).timestamp)} is not ISO 8601"
 
     def backwards(c: Conversation, r: _Row) -> str:
         return (
-            f"session {_session_id(c, r)} timestamp {_show(_session(c, r).timestamp)} is {-r['gap_seconds']:g} s "
+            f"session {_session_id(c, r)} timestamp {show(_session(c, r).timestamp)} is {-r['gap_seconds']:g} s "
             f"before the previous session's {_previous_timestamp(c, r['session'])}"
         )
 
     def unknown_speaker(c: Conversation, r: _Row) -> str:
         return (
-            f"{_turn_label(c, r)} speaker {_show(_turn(c, r).speaker)} is not one of the conversation's "
-            f"speakers {_show(', '.join(c.speakers))}"
+            f"{_turn_label(c, r)} speaker {show(_turn(c, r).speaker)} is not one of the conversation's "
+            f"speakers {show(', '.join(c.speakers))}"
         )
 
     def missing_evidence(c: Conversation, r: _Row) -> str:
         evidence = _question(c, r).evidence[r["evidence"]]
         return (
-            f"question {_show(_question(c, r).question_id)} cites evidence {_show(evidence)}, "
+            f"question {show(_question(c, r).question_id)} cites evidence {show(evidence)}, "
             "which is not a turn id of this conversation"
         )
 
@@ -513,11 +466,11 @@ def _checks(config: QualityConfig) -> list[_Check]:
         fields += [("date", q.date or "")]
         fields += [(f"answers[{i}]", a) for i, a in enumerate(q.answers)]
         fields += [(f"evidence[{i}]", e) for i, e in enumerate(q.evidence)]
-        return f"question {_show(q.question_id)} (question #{r['question']}): " + _surrogate_fields(fields)
+        return f"question {show(q.question_id)} (question #{r['question']}): " + _surrogate_fields(fields)
 
     no_bad_chars = {"column": "bad_chars", "min_value": 0, "max_value": 0}
-    checks = [
-        _Check(
+    return [
+        Check(
             "unique_ids.conversation_in_batch",
             "unique_ids",
             "conversations",
@@ -525,7 +478,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "conversation_id"},
             dup_conversation,
         ),
-        _Check(
+        Check(
             "unique_ids.conversation_in_stream",
             "unique_ids",
             "conversations",
@@ -533,7 +486,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "seen_earlier", "value_set": [False]},
             seen_conversation,
         ),
-        _Check(
+        Check(
             "unique_ids.session",
             "unique_ids",
             "sessions",
@@ -541,7 +494,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column_list": ["item", "session_id"]},
             dup_session,
         ),
-        _Check(
+        Check(
             "unique_ids.turn",
             "unique_ids",
             "turns",
@@ -549,7 +502,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column_list": ["item", "turn_id"]},
             dup_turn,
         ),
-        _Check(
+        Check(
             "unique_ids.question",
             "unique_ids",
             "questions",
@@ -557,7 +510,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column_list": ["item", "question_id"]},
             dup_question,
         ),
-        _Check(
+        Check(
             "session_has_turns",
             "session_has_turns",
             "sessions",
@@ -565,7 +518,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "num_turns", "min_value": 1},
             empty_session,
         ),
-        _Check(
+        Check(
             "timestamp_parses",
             "timestamp_parses",
             "sessions",
@@ -573,7 +526,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "timestamp_epoch"},
             bad_timestamp,
         ),
-        _Check(
+        Check(
             "timestamps_monotonic",
             "timestamps_monotonic",
             "sessions",
@@ -581,7 +534,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "gap_seconds", "min_value": 0},
             backwards,
         ),
-        _Check(
+        Check(
             "speaker_known",
             "speaker_known",
             "turns",
@@ -589,7 +542,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "speaker_known", "value_set": [True]},
             unknown_speaker,
         ),
-        _Check(
+        Check(
             "evidence_exists",
             "evidence_exists",
             "evidence",
@@ -597,7 +550,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "evidence_found", "value_set": [True]},
             missing_evidence,
         ),
-        _Check(
+        Check(
             "turn_length",
             "turn_length",
             "turns",
@@ -605,7 +558,7 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "text_chars", "min_value": lo, "max_value": hi},
             turn_length,
         ),
-        _Check(
+        Check(
             "session_length",
             "session_length",
             "sessions",
@@ -613,30 +566,18 @@ def _checks(config: QualityConfig) -> list[_Check]:
             {"column": "num_turns", "max_value": most},
             long_session,
         ),
-        _Check("valid_utf8.conversation", "valid_utf8", "conversations", _BETWEEN, no_bad_chars, utf8_conversation),
-        _Check("valid_utf8.session", "valid_utf8", "sessions", _BETWEEN, no_bad_chars, utf8_session),
-        _Check("valid_utf8.turn", "valid_utf8", "turns", _BETWEEN, no_bad_chars, utf8_turn),
-        _Check("valid_utf8.question", "valid_utf8", "questions", _BETWEEN, no_bad_chars, utf8_question),
+        Check("valid_utf8.conversation", "valid_utf8", "conversations", _BETWEEN, no_bad_chars, utf8_conversation),
+        Check("valid_utf8.session", "valid_utf8", "sessions", _BETWEEN, no_bad_chars, utf8_session),
+        Check("valid_utf8.turn", "valid_utf8", "turns", _BETWEEN, no_bad_chars, utf8_turn),
+        Check("valid_utf8.question", "valid_utf8", "questions", _BETWEEN, no_bad_chars, utf8_question),
     ]
-    if {check.name for check in checks} != set(EXPECTATION_NAMES):  # pragma: no cover - a bug in this list
-        raise AssertionError("every memforge expectation needs at least one GX check")
-    return checks
 
 
 # ---------------------------------------------------------------------------------------------
 # the validator
 
 
-@dataclass
-class _CheckTotals:
-    batches: int = 0
-    failed_batches: int = 0
-    element_count: int = 0
-    unexpected_count: int = 0
-    examples: list[dict[str, str]] = field(default_factory=list)
-
-
-class DialogueValidator:
+class DialogueValidator(SuiteValidator):
     """Validates conversations batch by batch with one great-expectations suite per table.
 
     The GX context, data source, assets and suites are built once here; ``validate_batch`` only builds
@@ -646,31 +587,11 @@ class DialogueValidator:
     """
 
     def __init__(self, config: QualityConfig) -> None:
-        from components.gx import TableSuites, expectation
-
-        if config.min_turn_chars > config.max_turn_chars:
-            raise ConfigError(
-                f"quality: min_turn_chars ({config.min_turn_chars}) exceeds max_turn_chars ({config.max_turn_chars})"
-            )
+        super().__init__("dialogue", EXPECTATION_NAMES, _TABLES, _checks(config))
         self.config = config
-        self._checks = _checks(config)
-        self._check_by_key = {check.key: check for check in self._checks}
-        self._order = {check.key: i for i, check in enumerate(sorted(self._checks, key=_check_rank))}
-        self._gx = TableSuites.build(
-            "memforge_dialogues",
-            "memforge_dialogue",
-            {
-                table: [
-                    expectation(check.gx_type, check.kwargs, name=check.name, key=check.key)
-                    for check in self._checks
-                    if check.table == table
-                ]
-                for table in _TABLES
-            },
-        )
         self._seen: set[str] = set()
         self._stats = {name: ExpectationStats() for name in EXPECTATION_NAMES}
-        self._totals = {check.key: _CheckTotals() for check in self._checks}
+        self._totals = {check.key: CheckTotals() for check in self.checks}
         self._batches = 0
         self._counts = {"total": 0, "passed": 0, "quarantined": 0, "critical": 0}
 
@@ -689,19 +610,15 @@ class DialogueValidator:
             if frame.empty:
                 continue
             failed_rows: dict[str, Any] = {}
-            for expectation_result in self._gx.validate(table, frame):
-                check = self._check_by_key[check_key(expectation_result)]
-                rows = unexpected_rows(expectation_result, f"{check.key} ({check.gx_type})")
+            for run in self.run(table, frame):
+                check, rows = run.check, run.rows
                 totals = self._totals[check.key]
-                totals.batches += 1
-                totals.failed_batches += 0 if expectation_result.success else 1
-                totals.element_count += int(expectation_result.result.get("element_count", len(frame)))
-                totals.unexpected_count += int(rows.size)
+                totals.add(run)
                 if rows.size:
                     previous = failed_rows.get(check.name)
                     failed_rows[check.name] = rows if previous is None else np.union1d(previous, rows)
                     self._describe(check, frame, rows, items, found, totals)
-            for name in {check.name for check in self._checks if check.table == table}:
+            for name in {check.name for check in self.checks if check.table == table}:
                 self._stats[name].evaluated += len(frame)
                 self._stats[name].failed += int(failed_rows[name].size) if name in failed_rows else 0
         self._seen.update(conv.conversation_id for conv in conversations)
@@ -712,7 +629,7 @@ class DialogueValidator:
         for (ref, conv), failures in zip(items, found, strict=True):
             failures.sort(key=lambda f: (f[0], f[1]))
             verdict = ConversationVerdict(
-                conv.conversation_id, ref, [(name, detail) for _, _, name, detail in failures]
+                conv.conversation_id, ref, failures=[(name, detail) for _, _, name, detail in failures]
             )
             verdicts.append(verdict)
             self._counts["total"] += 1
@@ -745,12 +662,12 @@ class DialogueValidator:
 
     def _describe(
         self,
-        check: _Check,
+        check: Check,
         frame: pd.DataFrame,
         rows: Any,
         items: Sequence[tuple[RecordRef, Conversation]],
         found: list[list[tuple[int, int, str, str]]],
-        totals: _CheckTotals,
+        totals: CheckTotals,
     ) -> None:
         """Messages for the first few failing rows of each conversation; a count line for the rest."""
         import numpy as np
@@ -759,72 +676,38 @@ class DialogueValidator:
         row_items = frame["item"].to_numpy()[rows]
         shown = pd.Series(rows).groupby(row_items).head(MAX_DETAILS_PER_CHECK).to_numpy()
         records = frame.loc[shown].to_dict("index")
-        rank = self._order[check.key]
+        rank = self.rank(check)
         for row in shown:
             record = records[row]
             item = int(record["item"])
             ref, conv = items[item]
             detail = check.describe(conv, record)
             found[item].append((rank, int(row), check.name, detail))
-            if len(totals.examples) < MAX_EXAMPLES:
-                totals.examples.append(
-                    {
-                        "source_file": _clean(ref.source_file),
-                        "record": _clean(ref.record),
-                        "conversation_id": _clean(conv.conversation_id),
-                        "detail": _clean(detail),
-                    }
-                )
+            totals.add_example(
+                {
+                    "source_file": clean(ref.source_file),
+                    "record": clean(ref.record),
+                    "conversation_id": clean(conv.conversation_id),
+                    "detail": clean(detail),
+                }
+            )
         per_item = np.bincount(row_items, minlength=len(items))
         for item in np.flatnonzero(per_item > MAX_DETAILS_PER_CHECK):
             more = int(per_item[item]) - MAX_DETAILS_PER_CHECK
             found[item].append((rank, 1 << 62, check.name, f"... and {more} more row(s) failing {check.key}"))
 
     def _validation_result(self) -> dict[str, Any]:
-        import great_expectations as gx
-
-        results = []
-        for check in sorted(self._checks, key=_check_rank):
-            totals = self._totals[check.key]
-            results.append(
-                {
-                    "expectation": check.name,
-                    "check": check.key,
-                    "critical": check.name in self.config.critical,
-                    "table": check.table,
-                    "expectation_type": _snake(check.gx_type),
-                    "kwargs": check.kwargs,
-                    "success": totals.failed_batches == 0,
-                    "batches": totals.batches,
-                    "element_count": totals.element_count,
-                    "unexpected_count": totals.unexpected_count,
-                    "unexpected_percent": (
-                        100.0 * totals.unexpected_count / totals.element_count if totals.element_count else None
-                    ),
-                    "examples": list(totals.examples),
-                    "examples_truncated": totals.unexpected_count > len(totals.examples),
-                }
-            )
-        successful = sum(1 for r in results if r["success"])
+        results = [
+            self._totals[check.key].result(check, {"critical": check.name in self.config.critical}, with_batches=True)
+            for check in self.checks
+        ]
+        statistics = suite_statistics(results)
         return {
-            "success": successful == len(results),
-            "engine": f"great_expectations {gx.__version__}",
-            "suites": [f"memforge_dialogue_{table}" for table in _TABLES],
+            "success": statistics["unsuccessful_expectations"] == 0,
+            "engine": gx_engine(),
+            "suites": list(self.suite_names),
             "batches": self._batches,
-            "statistics": {
-                "evaluated_expectations": len(results),
-                "successful_expectations": successful,
-                "unsuccessful_expectations": len(results) - successful,
-                "success_percent": 100.0 * successful / len(results),
-            },
+            "statistics": statistics,
             "conversations": dict(self._counts),
             "results": results,
         }
-
-
-def _check_rank(check: _Check) -> int:
-    return EXPECTATION_NAMES.index(check.name)
-
-
-def _snake(class_name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
