@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from tests.helpers import FIXTURES
+
+if TYPE_CHECKING:
+    from components.config import Params
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,13 +76,39 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
-def memforge_bin() -> str:
-    """The `memforge` console script of this interpreter."""
-    candidate = Path(sys.executable).parent / "memforge"
-    return str(candidate) if candidate.exists() else shutil.which("memforge") or "memforge"
+@pytest.fixture
+def trained_inputs(tmp_path: Path, fixtures_dir: Path) -> Params:
+    """Dialogues and expert trajectories on disk for a small synthetic + hand-written corpus."""
+    from components.config import (
+        ExpertConfig,
+        IngestConfig,
+        MemoryConfig,
+        Params,
+        SourceConfig,
+        SyntheticConfig,
+        SynthQAConfig,
+    )
+    from components.stages import expert as expert_stage
+    from components.stages import ingest as ingest_stage
 
-
-def git_init(path: Path) -> None:
-    """A git repo with an identity, for DVC tests."""
-    for args in (["init", "-q"], ["config", "user.email", "ci@memforge.test"], ["config", "user.name", "memforge ci"]):
-        subprocess.run(["git", *args], cwd=path, check=True)
+    params = Params(
+        ingest=IngestConfig(
+            sources=(SourceConfig("jsonl", str(fixtures_dir / "conversations.jsonl")), SourceConfig("synthetic", "")),
+            synthetic=SyntheticConfig(num_conversations=10, sessions_per_conversation=4),
+            output_dir=str(tmp_path / "data" / "dialogues"),
+            report_path=str(tmp_path / "reports" / "ingest_quality.json"),
+        ),
+        memory=MemoryConfig(embedder="hashing"),
+        expert=ExpertConfig(
+            output_dir=str(tmp_path / "data" / "trajectories"), report_path=str(tmp_path / "reports" / "expert.json")
+        ),
+        synth_qa=SynthQAConfig(
+            output_dir=str(tmp_path / "data" / "qa"),
+            report_path=str(tmp_path / "reports" / "synth_qa.json"),
+            mix_tolerance=0.25,
+            max_uncovered_fraction=0.1,  # the hand-written injection-only session has nothing to ask about
+        ),
+    )
+    ingest_stage.ingest(params.ingest)
+    expert_stage.expert(params)
+    return params

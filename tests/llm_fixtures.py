@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 
 def build_chatty_model(source: Path, output: Path, *, std: float = 0.3, seed: int = 1) -> Path:

@@ -1,12 +1,12 @@
 """ADRPO on TRL's GRPOTrainer: the hook guard, two real training steps with a tiny model, the advantage rewrite.
 
-The prompts are the two hand-built sessions of ``test_rewards`` (A, B; rows as synth_qa's ``join_prompts`` writes
+The prompts are the two hand-built sessions of ``tests/helpers.py`` (A, B; rows as synth_qa's ``join_prompts`` writes
 them). A random tiny model writes unparseable memory operations, so every reward would be 0 and no parameter
 would move; the ``scripted_rollouts`` shim therefore swaps each generated completion, AT SCORING TIME ONLY, for the
-hand-written rollout of ``test_rewards`` with the same (session, part, rollout index). Generation, TRL's reward
+hand-written rollout of ``tests/helpers.py`` with the same (session, part, rollout index). Generation, TRL's reward
 call, ``groups_from_batch``, ``score_groups`` (real banks, real containment judge), the advantage rewrite and the
 policy-gradient step on the generated tokens are all real; the rewards and weights are the hand-computed
-``EXPECTED_REWARDS`` / ``RETRIEVAL_WEIGHTS`` of ``test_rewards``.
+``EXPECTED_REWARDS`` / ``RETRIEVAL_WEIGHTS`` of ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -27,23 +27,22 @@ from components.memory.types import PARTS
 from components.rewards import DEFAULT_EPS, completion_text
 from components.training import adrpo
 from components.training.checkpoints import FINGERPRINT_FILE
-from tests.test_rewards import (
+from tests.helpers import (
     EXPECTED_REWARDS,
     MEMORY,
     RETRIEVAL_WEIGHTS,
     ROLLOUTS_A,
     ROLLOUTS_B,
-    _prompt_rows,
     count_tokens,
+    session_prompt_rows,
 )
-from tests.test_synth_qa import trained_inputs  # noqa: F401  (fixture: ingest + expert on a small corpus)
 
 ROLLOUTS = {"c1:s1": ROLLOUTS_A, "c1:s2": ROLLOUTS_B}
 SQRT_HALF = 1 / math.sqrt(2)
 
 
 def prompt_rows() -> list[dict]:
-    rows = _prompt_rows(EmbeddingCache(HashingEmbedder()))
+    rows = session_prompt_rows(EmbeddingCache(HashingEmbedder()))
     return [rows[sid, part] for sid in ("s1", "s2") for part in PARTS]
 
 
@@ -223,7 +222,7 @@ def test_train_adrpo_two_steps_logs_and_changes_parameters(
     assert len(rows) == 8 and {r["step"] for r in rows} == {2}
     assert [(r["part"], r["rollout"]) for r in rows] == [(p, i) for p in PARTS for i in range(2)]
     assert [r["completion"] for r in rows] == scripted_rollouts[-1]  # the model's own text, not the scripted one
-    failing = {("c1:s1", "core", 1), ("c1:s1", "episodic", 1), ("c1:s2", "semantic", 1)}  # see test_rewards
+    failing = {("c1:s1", "core", 1), ("c1:s1", "episodic", 1), ("c1:s2", "semantic", 1)}  # see ROLLOUTS_A/B
     assert [not r["format_ok"] for r in rows] == [(r["session"], r["part"], r["rollout"]) in failing for r in rows]
     for r in rows:  # reward = gate x task x (1 - lambda x length penalty), lambda = 0.8
         assert r["reward"] == pytest.approx(r["format_ok"] * r["task_reward"] * (1 - 0.8 * r["length_penalty"]))
@@ -322,7 +321,7 @@ def test_grpo_args_read_the_config_and_pass_vllm_settings(tiny_model_dir: Path, 
 
 
 def test_real_prompts_dataset_is_session_grouped_and_trains(
-    trained_inputs,  # noqa: F811
+    trained_inputs,
     tiny_model_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

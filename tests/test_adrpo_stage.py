@@ -42,8 +42,7 @@ from components.memory.types import PARTS
 from components.stages import adrpo as adrpo_stage
 from components.tracking import resolve_tracking_uri
 from components.training import adrpo
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from components.agent.chunking import chunk_ids, chunk_text, token_stream, tokenizer_codec
 from components.agent.reader import MAX_CARRY, REPLACEMENT, chunk_texts, complete_prefix
+from tests.helpers import CountingPieces
 
 
 @functools.cache
@@ -35,22 +35,6 @@ def utf8_encode(text: str) -> list[int]:
 
 def utf8_decode(ids: list[int]) -> str:
     return bytes(ids).decode("utf-8", errors="replace")
-
-
-class CountingPieces:
-    """An iterator over pieces that records how many have been pulled."""
-
-    def __init__(self, pieces: list[str]) -> None:
-        self._pieces = iter(pieces)
-        self.pulled = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        piece = next(self._pieces)
-        self.pulled += 1
-        return piece
 
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab c\n.é—中😀")), max_size=40)

@@ -35,8 +35,8 @@ from components.agent.reader import (
 from components.config import ReaderConfig
 from components.errors import ConfigError, InputError, MemforgeError
 from components.llm.backends import Generation, Message, SamplingParams, TransformersBackend
+from tests.helpers import CountingPieces
 from tests.llm_fixtures import build_chatty_model
-from tests.test_agent_chunking import CountingPieces
 
 CFG = ReaderConfig(chunk_tokens=40, memory_tokens=10, answer_tokens=6, batch_size=2)
 PARAGRAPH = "Alice moved to Berlin in March 2024 — she doesn't live in Paris anymore. Bob works at a hospital."

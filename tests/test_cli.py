@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from components.cli import main
-from tests.conftest import memforge_bin
+from tests.helpers import memforge_bin
 
 
 def test_help_is_quick_and_lists_commands() -> None:

@@ -27,8 +27,7 @@ from components.config import (
     to_dict,
 )
 from components.errors import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 
 def _all_fields_have_help(cls: type) -> list[str]:

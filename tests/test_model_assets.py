@@ -32,8 +32,7 @@ from components.llm.model_assets import (
     resolve_model_source,
 )
 from components.llm.tiny import IM_END, PAD_TOKEN, build_tiny_model
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

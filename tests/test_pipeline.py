@@ -32,7 +32,7 @@ from components.config import (
 )
 from components.stages.closure import covered, stage_closure
 from components.stages.registry import STAGE_NAMES
-from tests.conftest import REPO_ROOT, git_init
+from tests.helpers import REPO_ROOT, git_init
 
 pytestmark = pytest.mark.slow
 

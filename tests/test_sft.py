@@ -36,8 +36,7 @@ from components.training.sft import (
     train_sft,
     trajectory_examples,
 )
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 OUTPUTS = {
     "core": '{"operation": "APPEND", "content": "The user lives in Berlin."}',

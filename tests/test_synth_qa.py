@@ -9,49 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components.config import (
-    BackendConfig,
-    BackendsConfig,
-    ExpertConfig,
-    IngestConfig,
-    MemoryConfig,
-    Params,
-    SourceConfig,
-    SyntheticConfig,
-    SynthQAConfig,
-)
+from components.config import BackendConfig, BackendsConfig, Params
 from components.errors import QualityGateError
 from components.qa.schema import QARow
-from components.stages import expert as expert_stage
-from components.stages import ingest as ingest_stage
 from components.stages import synth_qa as synth_qa_stage
 from components.tracking import resolve_tracking_uri
-
-
-@pytest.fixture
-def trained_inputs(tmp_path: Path, fixtures_dir: Path) -> Params:
-    """Dialogues and expert trajectories on disk for a small synthetic + hand-written corpus."""
-    params = Params(
-        ingest=IngestConfig(
-            sources=(SourceConfig("jsonl", str(fixtures_dir / "conversations.jsonl")), SourceConfig("synthetic", "")),
-            synthetic=SyntheticConfig(num_conversations=10, sessions_per_conversation=4),
-            output_dir=str(tmp_path / "data" / "dialogues"),
-            report_path=str(tmp_path / "reports" / "ingest_quality.json"),
-        ),
-        memory=MemoryConfig(embedder="hashing"),
-        expert=ExpertConfig(
-            output_dir=str(tmp_path / "data" / "trajectories"), report_path=str(tmp_path / "reports" / "expert.json")
-        ),
-        synth_qa=SynthQAConfig(
-            output_dir=str(tmp_path / "data" / "qa"),
-            report_path=str(tmp_path / "reports" / "synth_qa.json"),
-            mix_tolerance=0.25,
-            max_uncovered_fraction=0.1,  # the hand-written injection-only session has nothing to ask about
-        ),
-    )
-    ingest_stage.ingest(params.ingest)
-    expert_stage.expert(params)
-    return params
 
 
 def _rows(path: Path) -> list[QARow]:

@@ -95,7 +95,7 @@ def test_dvc_digest_matches_dvc_for_files_and_prefers_lock(tmp_path: Path) -> No
 
 
 def test_git_commit_is_recorded_inside_a_repo(tracking_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import git_init
+    from tests.helpers import git_init
 
     repo = tmp_path / "repo"
     repo.mkdir()
