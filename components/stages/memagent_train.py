@@ -19,10 +19,9 @@ from typing import Any
 
 from components.config import Params, to_dict
 from components.errors import InputError
+from components.longcontext.build import TRAIN_FILE
 from components.tracking.publish import StageResult
 from components.tracking.runs import StageRun
-
-TRAIN_FILE = "hotpotqa_train.jsonl"
 
 
 def train_path(params: Params) -> Path:
