@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu run repro test test-fast test-slow lint format ui prefect-server profile-gpu profile-default bench clean
+.PHONY: help install install-gpu run repro test test-fast test-slow lint format ui prefect-server profile-gpu profile-default bench learning-check plots-template clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: install ## run the benchmarks and record their results in benchmarks/resu
 
 learning-check: install ## ADRPO's honest learning check on the CPU profile (needs models/sft and data/qa: run first)
 	python benchmarks/learning_check_adrpo.py
+
+plots-template: install ## rebuild infra/dvc/plots.html, the offline page of `dvc plots show` (needs npm)
+	python infra/dvc/build_plots_template.py
 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC cache)
 	rm -rf models data reports checkpoints .mlflow .prefect

@@ -772,16 +772,21 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML 1.2, as DVC reads and writes it (``2e-05`` is a number, ``on`` a string); errors name ``source``."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{source}: malformed YAML: {exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
     from components.io import read_text_strict
 
-    text = read_text_strict(path)
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    return parse_yaml(read_text_strict(path), str(path))
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
@@ -806,13 +811,12 @@ def _dotted_to_nested(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``key=value`` (value as YAML, so ``3``, ``true``, ``[a, b]`` keep their types)."""
-    import yaml
-
+    """Parse ``key=value`` (value as YAML 1.2, as ``dvc exp run -S`` does: ``3``, ``2e-5``, ``true``, ``[a, b]``
+    keep their types)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw_value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw_value)
+    return key.strip(), parse_yaml(raw_value, f"override {text!r}")
 
 
 def list_profiles() -> list[str]:

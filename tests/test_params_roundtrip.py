@@ -80,13 +80,7 @@ def test_dvc_round_trip_without_a_change_keeps_every_byte(profile: str, tmp_path
     [
         "ingest.splits.seed",
         "ingest.sources.0.drop_empty_sessions",
-        pytest.param(
-            "sft.learning_rate",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="DVC writes the float as '2e-05' (YAML 1.2); load_params reads YAML 1.1 (PyYAML), a string",
-            ),
-        ),
+        "sft.learning_rate",  # DVC writes '2e-05' (YAML 1.2): load_params reads YAML 1.2 too
     ],
 )
 def test_the_value_dvc_writes_loads_back(key: str, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from components.text import normalise_text
+
 log = logging.getLogger(__name__)
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+")
@@ -55,7 +57,7 @@ def drop_duplicates(units: list[tuple[int, str]]) -> list[tuple[int, str]]:
     kept_keys: list[tuple[frozenset[str], str]] = []
     kept: list[tuple[int, str]] = []
     for line_no, sentence in reversed(units):
-        normalised = " ".join(_WORD.findall(sentence.casefold()))
+        normalised = normalise_text(sentence)
         tokens = _tokens(sentence)
         if _is_duplicate(tokens, normalised, kept_keys):
             continue

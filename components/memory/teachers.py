@@ -31,6 +31,7 @@ from components.memory.types import (
     MemoryEntry,
     MemoryPart,
 )
+from components.text import normalise_text
 
 Message = dict[str, str]
 
@@ -228,10 +229,6 @@ def _user_speaker(conversation: Conversation) -> str:
     return "user" if "user" in conversation.speakers else conversation.speakers[0]
 
 
-def _normalise(text: str) -> str:
-    return re.sub(r"\W+", " ", text.lower()).strip()
-
-
 def _statements(session: Session, speaker: str) -> list[tuple[str, str]]:
     """(turn id, sentence) for each short sentence the user said in the session."""
     found = []
@@ -250,12 +247,12 @@ def heuristic_operations(
 ) -> tuple[CoreOperation, dict[MemoryPart, list[EntryOperation]]]:
     """Classify the user's sentences: profile -> core, dated -> episodic, habitual -> procedural, else semantic."""
     speaker = _user_speaker(conversation)
-    known = {_normalise(entry.text) for part_entries in entries.values() for entry in part_entries}
-    known |= {_normalise(line) for line in _core_lines(core)}
+    known = {normalise_text(entry.text) for part_entries in entries.values() for entry in part_entries}
+    known |= {normalise_text(line) for line in _core_lines(core)}
     profile: list[str] = []
     by_part: dict[MemoryPart, list[EntryOperation]] = {"episodic": [], "semantic": [], "procedural": []}
     for turn_id, sentence in _statements(session, speaker):
-        key = _normalise(sentence)
+        key = normalise_text(sentence)
         if key in known:
             continue
         known.add(key)
