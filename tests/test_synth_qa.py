@@ -13,6 +13,7 @@ from components.config import BackendConfig, BackendsConfig, Params
 from components.errors import QualityGateError
 from components.qa.schema import QARow
 from components.stages import synth_qa as synth_qa_stage
+from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
 
@@ -72,10 +73,11 @@ def test_garbage_generator_stops_below_the_usable_threshold(trained_inputs: Para
 
 def test_run_logs_pass_rates_card_and_figure(trained_inputs: Params, tracking_config) -> None:
     params = replace(trained_inputs, tracking=tracking_config)
-    result = synth_qa_stage.run(params)
+    result = run_stage("synth_qa", params)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     (run,) = client.search_runs([client.get_experiment_by_name(tracking_config.experiment).experiment_id])
-    assert run.data.metrics["usable_rows"] == sum(result.usable.values())
-    assert run.data.metrics["pass_rate_rl_answer_supported"] == result.pass_rates["rl"]["answer_supported"]
+    assert run.data.metrics["usable_rows"] == result.metrics["usable_rows"] > 0
+    assert run.data.metrics["pass_rate_rl_answer_supported"] == result.metrics["pass_rate_rl_answer_supported"]
+    assert json.loads(Path(params.synth_qa.report_path).read_text(encoding="utf-8")) == result.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "qa")}
     assert {"qa/dataset_card.md", "qa/validation.json", "qa/quarantine.jsonl", "qa/qa_composition.png"} <= artifacts
