@@ -59,9 +59,9 @@ def build_prompts(root: Path, conversations: int, sessions: int) -> list[dict[st
         SyntheticConfig,
         SynthQAConfig,
     )
-    from components.stages import expert as expert_stage
-    from components.stages import ingest as ingest_stage
-    from components.stages import synth_qa as synth_qa_stage
+    from components.datasets import ingest as ingestion
+    from components.datasets import synth_qa as qa_dataset
+    from components.memory import trajectories
 
     params = Params(
         ingest=IngestConfig(
@@ -74,9 +74,9 @@ def build_prompts(root: Path, conversations: int, sessions: int) -> list[dict[st
         expert=ExpertConfig(output_dir=str(root / "trajectories"), report_path=str(root / "reports" / "expert.json")),
         synth_qa=SynthQAConfig(output_dir=str(root / "qa"), report_path=str(root / "reports" / "qa.json")),
     )
-    ingest_stage.ingest(params.ingest)
-    expert_stage.expert(params)
-    synth_qa_stage.synth_qa(params)
+    ingestion.ingest(params.ingest)
+    trajectories.expert(params)
+    qa_dataset.synth_qa(params)
     return load_from_disk(str(root / "qa" / "prompts")).to_list()
 
 

@@ -32,10 +32,10 @@ SESSIONS_PER_CONVERSATION = 8
 def worker(sessions: int, workdir: Path) -> dict[str, float]:
     """Write the corpus, then time the ingest stage over it; runs inside the child process."""
     from components.config import IngestConfig, SourceConfig, SyntheticConfig
+    from components.datasets.ingest import ingest
     from components.dialogue.schema import conversation_to_dict
     from components.dialogue.synthetic import iter_conversations
     from components.io import dumps_jsonl_record
-    from components.stages.ingest import ingest
 
     conversations = sessions // SESSIONS_PER_CONVERSATION
     synthetic = SyntheticConfig(sessions_per_conversation=SESSIONS_PER_CONVERSATION, seed=11)

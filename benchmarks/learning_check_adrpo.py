@@ -145,9 +145,8 @@ def qa_eval(writer: str, conversations: list[Any], rows: list[dict[str, Any]], p
     from components.config import BackendConfig
     from components.llm.backends import create_backend
     from components.memory.construction import bank_factory, build_memories
-    from components.memory.teachers import LLMTeacher
+    from components.memory.teachers import LLMTeacher, make_teacher
     from components.rewards import ContainmentJudge, JudgeItem
-    from components.stages.expert import make_teacher
 
     backend = None
     if writer == "expert":

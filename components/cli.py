@@ -86,7 +86,7 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
     from components.dialogue.loaders import load_jsonl
     from components.memory.construction import SessionStep, bank_factory, build_memories
     from components.memory.render import render_memory
-    from components.stages.expert import make_teacher
+    from components.memory.teachers import make_teacher
 
     params = load_params(args.params, overrides(args.set))
     if args.model:

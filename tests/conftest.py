@@ -88,8 +88,8 @@ def trained_inputs(tmp_path: Path, fixtures_dir: Path) -> Params:
         SyntheticConfig,
         SynthQAConfig,
     )
-    from components.stages import expert as expert_stage
-    from components.stages import ingest as ingest_stage
+    from components.datasets import ingest as ingestion
+    from components.memory import trajectories
 
     params = Params(
         ingest=IngestConfig(
@@ -109,6 +109,6 @@ def trained_inputs(tmp_path: Path, fixtures_dir: Path) -> Params:
             max_uncovered_fraction=0.1,  # the hand-written injection-only session has nothing to ask about
         ),
     )
-    ingest_stage.ingest(params.ingest)
-    expert_stage.expert(params)
+    ingestion.ingest(params.ingest)
+    trajectories.expert(params)
     return params

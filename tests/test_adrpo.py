@@ -329,9 +329,9 @@ def test_real_prompts_dataset_is_session_grouped_and_trains(
     """synth_qa's prompts: four consecutive rows per session; one step with the EXPERT's outputs as rollouts."""
     from datasets import load_from_disk
 
-    from components.stages import synth_qa as synth_qa_stage
+    from components.datasets import synth_qa as qa_dataset
 
-    synth_qa_stage.synth_qa(trained_inputs)
+    qa_dataset.synth_qa(trained_inputs)
     prompts = load_from_disk(str(Path(trained_inputs.synth_qa.output_dir) / "prompts"))
     rows = prompts.to_list()
     keys = [(r["conversation_id"], r["session_id"]) for r in rows]

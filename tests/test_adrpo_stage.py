@@ -49,9 +49,9 @@ from tests.helpers import REPO_ROOT
 @pytest.fixture(scope="module")
 def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """Dialogues, expert trajectories and the synth_qa prompts dataset on disk (as ``trained_inputs``, once)."""
-    from components.stages import expert as expert_stage
-    from components.stages import ingest as ingest_stage
-    from components.stages import synth_qa as synth_qa_stage
+    from components.datasets import ingest as ingestion
+    from components.datasets import synth_qa as qa_dataset
+    from components.memory import trajectories
 
     root = tmp_path_factory.mktemp("adrpo-inputs")
     fixtures = Path(__file__).resolve().parent / "fixtures"
@@ -73,9 +73,9 @@ def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Params:
             max_uncovered_fraction=0.1,
         ),
     )
-    ingest_stage.ingest(params.ingest)
-    expert_stage.expert(params)
-    synth_qa_stage.synth_qa(params)
+    ingestion.ingest(params.ingest)
+    trajectories.expert(params)
+    qa_dataset.synth_qa(params)
     return params
 
 

@@ -20,12 +20,12 @@ from components.config import (
     SourceConfig,
     SyntheticConfig,
 )
+from components.datasets import ingest as ingestion
+from components.memory import trajectories
 from components.memory.bank import MemoryBank
 from components.memory.embedder import HashingEmbedder
 from components.memory.parser import try_parse
 from components.memory.types import PARTS
-from components.stages import expert as expert_stage
-from components.stages import ingest as ingest_stage
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
@@ -39,7 +39,7 @@ def ingested(tmp_path: Path, fixtures_dir: Path) -> Params:
         output_dir=str(tmp_path / "data" / "dialogues"),
         report_path=str(tmp_path / "reports" / "ingest_quality.json"),
     )
-    ingest_stage.ingest(ingest)
+    ingestion.ingest(ingest)
     return Params(
         ingest=ingest,
         memory=MemoryConfig(embedder="hashing"),
@@ -56,7 +56,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def test_expert_writes_one_record_per_training_session(ingested: Params) -> None:
-    result = expert_stage.expert(ingested)
+    result = trajectories.expert(ingested)
     out = Path(ingested.expert.output_dir)
     splits = json.loads((Path(ingested.ingest.output_dir) / "splits.json").read_text())["assignment"]
     for split in ("sft", "rl"):
@@ -82,7 +82,7 @@ def test_llm_teacher_outputs_that_fail_are_dropped_not_written(ingested: Params,
         expert=replace(ingested.expert, teacher="llm", max_conversations=1),
         backends=BackendsConfig(teacher=BackendConfig(model=str(tiny_model_dir), max_new_tokens=8)),
     )
-    result = expert_stage.expert(params)
+    result = trajectories.expert(params)
     assert sum(result.dropped_outputs.values()) > 0
     written = [r for split in ("sft", "rl") for r in _records(Path(params.expert.output_dir) / f"{split}.jsonl")]
     kept = sum(len(r["outputs"]) for r in written)

@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import IngestConfig, Params, QualityConfig, SourceConfig, SyntheticConfig
+from components.datasets import ingest as ingestion
 from components.dialogue.loaders import load_jsonl
 from components.dialogue.splits import SPLIT_NAMES
 from components.errors import InputError, QualityGateError
-from components.stages import ingest as ingest_stage
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
@@ -44,7 +44,7 @@ def test_ingest_writes_disjoint_splits_and_manifest(tmp_path: Path, fixtures_dir
             SourceConfig("synthetic", ""),
         ),
     )
-    result, validation = ingest_stage.ingest(cfg)
+    result, validation = ingestion.ingest(cfg)
     out = Path(cfg.output_dir)
     assert result.conversations_read == 3 + 2 + 2 + 6
     assert result.conversations_kept == 13 and result.conversations_quarantined == 0
@@ -55,7 +55,7 @@ def test_ingest_writes_disjoint_splits_and_manifest(tmp_path: Path, fixtures_dir
     assert manifest["counts"] == {name: len(ids) for name, ids in split_ids.items()} == result.split_counts
     assert all(manifest["assignment"][cid] == name for name, ids in split_ids.items() for cid in ids)
     assert (out / "quarantine.jsonl").read_text(encoding="utf-8") == ""
-    assert not (out / ingest_stage.VALIDATED_POOL).exists()
+    assert not (out / ingestion.VALIDATED_POOL).exists()
     assert json.dumps(validation)  # serialisable validation result
     assert all(rate == 1.0 for rate in result.pass_rates.values())
 
@@ -63,8 +63,8 @@ def test_ingest_writes_disjoint_splits_and_manifest(tmp_path: Path, fixtures_dir
 def test_ingest_is_deterministic(tmp_path: Path, fixtures_dir: Path) -> None:
     sources = (SourceConfig("jsonl", str(fixtures_dir / "conversations.jsonl")), SourceConfig("synthetic", ""))
     first, second = _config(tmp_path / "a", sources), _config(tmp_path / "b", sources)
-    ingest_stage.ingest(first)
-    ingest_stage.ingest(second)
+    ingestion.ingest(first)
+    ingestion.ingest(second)
     for name in [*(f"{s}.jsonl" for s in SPLIT_NAMES), "splits.json"]:
         assert (Path(first.output_dir) / name).read_bytes() == (Path(second.output_dir) / name).read_bytes()
 
@@ -107,7 +107,7 @@ def test_empty_session_stops_the_stage_naming_file_and_record(tmp_path: Path) ->
     previous.mkdir(parents=True)
     (previous / "sft.jsonl").write_text("previous good output\n", encoding="utf-8")
     with pytest.raises(QualityGateError) as excinfo:
-        ingest_stage.ingest(cfg)
+        ingestion.ingest(cfg)
     message = str(excinfo.value)
     assert "session_has_turns" in message and str(source) in message and "line 2" in message and "c2" in message
     # the previous output is untouched and nothing half-written is left beside it
@@ -122,7 +122,7 @@ def test_non_critical_failures_are_quarantined_with_reasons(tmp_path: Path) -> N
         tmp_path / "in.jsonl", [_conversation("c1"), stranger, _conversation("c3"), _conversation("c4")]
     )
     cfg = _config(tmp_path, (SourceConfig("jsonl", str(source)),))
-    result, _ = ingest_stage.ingest(cfg)
+    result, _ = ingestion.ingest(cfg)
     assert result.conversations_quarantined == 1 and result.conversations_kept == 3
     quarantined = [json.loads(line) for line in (Path(cfg.output_dir) / "quarantine.jsonl").read_text().splitlines()]
     assert [q["conversation_id"] for q in quarantined] == ["c2"]
@@ -139,7 +139,7 @@ def test_too_much_quarantine_fails_with_the_threshold(tmp_path: Path) -> None:
     source = _write_jsonl(tmp_path / "in.jsonl", records)
     cfg = _config(tmp_path, (SourceConfig("jsonl", str(source)),), max_quarantine_fraction=0.5)
     with pytest.raises(QualityGateError, match=r"3 of 4 conversations \(75%\).*max_quarantine_fraction=0.5"):
-        ingest_stage.ingest(cfg)
+        ingestion.ingest(cfg)
     assert not Path(cfg.output_dir).exists()
 
 
@@ -147,7 +147,7 @@ def test_no_conversations_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "empty.jsonl"
     source.write_text("\n", encoding="utf-8")
     with pytest.raises(InputError, match="no conversations were read"):
-        ingest_stage.ingest(_config(tmp_path, (SourceConfig("jsonl", str(source)),)))
+        ingestion.ingest(_config(tmp_path, (SourceConfig("jsonl", str(source)),)))
 
 
 def test_stage_run_logs_quality_to_mlflow(tmp_path: Path, fixtures_dir: Path, tracking_config) -> None:

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training",),  # TRL trainers: SFT, ADRPO, MemAgent's multi-conversation GRPO; checkpoints and saving
     ("rewards",),  # ADRPO rewards: format gate, penalties, judges, attribution, advantages
     ("evaluation",),  # evaluation reports and tables
+    ("datasets",),  # the pipeline's datasets: dialogue ingestion behind its gate, session-level synthetic QA
     ("quality",),  # data-quality suites over dialogues and QA rows (reads the qa schema), dataset cards
     ("qa", "longcontext"),  # session-level QA generation; long-context (RULER, needle) sets
     ("memory", "agent"),  # the four-part memory bank and its construction; the MemAgent reader

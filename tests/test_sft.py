@@ -286,8 +286,8 @@ def test_failed_training_keeps_the_previous_output(tiny_model_dir: Path, traject
 @pytest.fixture
 def expert_params(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> Params:
     """Params whose ingest and expert outputs (a small synthetic corpus, oracle teacher) exist on disk."""
-    from components.stages import expert as expert_stage
-    from components.stages import ingest as ingest_stage
+    from components.datasets import ingest as ingestion
+    from components.memory import trajectories
 
     ingest = IngestConfig(
         sources=(SourceConfig("synthetic", ""),),
@@ -295,7 +295,7 @@ def expert_params(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> Para
         output_dir=str(tmp_path / "data" / "dialogues"),
         report_path=str(tmp_path / "reports" / "ingest_quality.json"),
     )
-    ingest_stage.ingest(ingest)
+    ingestion.ingest(ingest)
     params = Params(
         ingest=ingest,
         memory=MemoryConfig(embedder="hashing"),
@@ -308,7 +308,7 @@ def expert_params(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> Para
         sft=_cfg(tiny_model_dir, tmp_path, max_length=384),
         tracking=tracking_config,
     )
-    expert_stage.expert(params)
+    trajectories.expert(params)
     return params
 
 

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import BackendConfig, BackendsConfig, Params
+from components.datasets import synth_qa as qa_dataset
 from components.errors import QualityGateError
 from components.qa.schema import QARow
-from components.stages import synth_qa as synth_qa_stage
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 
@@ -24,7 +24,7 @@ def _rows(path: Path) -> list[QARow]:
 def test_usable_rows_cover_every_session_and_join_the_rl_prompts(trained_inputs: Params) -> None:
     from datasets import load_from_disk
 
-    result = synth_qa_stage.synth_qa(trained_inputs)
+    result = qa_dataset.synth_qa(trained_inputs)
     out = Path(trained_inputs.synth_qa.output_dir)
     dialogues = Path(trained_inputs.ingest.output_dir)
     for split in ("sft", "rl", "eval"):
@@ -66,7 +66,7 @@ def test_garbage_generator_stops_below_the_usable_threshold(trained_inputs: Para
         backends=BackendsConfig(teacher=BackendConfig(model=str(tiny_model_dir), max_new_tokens=8)),
     )
     with pytest.raises(QualityGateError, match="synth_qa split 'rl'") as excinfo:
-        synth_qa_stage.synth_qa(params)
+        qa_dataset.synth_qa(params)
     assert "usable" in str(excinfo.value) or "no questions" in str(excinfo.value)
     assert not Path(params.synth_qa.output_dir).exists()  # nothing half-written
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from components.config import Params
 from components.dialogue.schema import Conversation, Session
 from components.memory.parser import render_core_operation, render_entry_operations
 from components.memory.types import (
@@ -303,3 +304,15 @@ class LLMTeacher:
         generations = self.backend.generate(conversations)
         texts = iter(choices[0].text for choices in generations)
         return [{part: next(texts) for part in PARTS} for _ in requests]
+
+
+def make_teacher(params: Params) -> Teacher:
+    """The configured teacher; oracle falls back to the heuristic on conversations without ground truth."""
+    heuristic = HeuristicTeacher()
+    if params.expert.teacher == "heuristic":
+        return heuristic
+    if params.expert.teacher == "oracle":
+        return OracleTeacher(fallback=heuristic)
+    from components.llm.backends import create_backend
+
+    return LLMTeacher(backend=create_backend(params.backends.teacher))

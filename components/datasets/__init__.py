@@ -1,0 +1,1 @@
+"""The pipeline's datasets: dialogue ingestion behind the quality gate, and session-level synthetic QA."""
