@@ -122,8 +122,6 @@ def test_type_plan_session_zero_has_no_multi_session_and_is_deterministic() -> N
     assert type_plan(0, MIX, 2, 3, "x") == []
     exact = TypeMixConfig(single_session=0.6, multi_session=0.2, temporal=0.2)
     assert Counter(type_plan(5, exact, 1, 0, "x")) == {"single-session": 3, "multi-session": 1, "temporal": 1}
-    with pytest.raises(ConfigError):
-        type_plan(5, TypeMixConfig(single_session=0, multi_session=0, temporal=0), 1, 0, "x")
 
 
 # ---------------------------------------------------------------------------------------------

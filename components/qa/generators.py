@@ -125,9 +125,7 @@ def type_plan(n: int, mix: TypeMixConfig, session_index: int, seed: int, key: st
     """
     if n <= 0:
         return []
-    weights = (mix.single_session, mix.multi_session, mix.temporal)
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"type_mix: shares must be >= 0 with a positive sum, got {weights}")
+    weights = (mix.single_session, mix.multi_session, mix.temporal)  # TypeMixConfig checked they sum to 1
     total = sum(weights)
     quotas = [n * w / total for w in weights]
     counts = [math.floor(q + 1e-9) for q in quotas]
