@@ -464,19 +464,75 @@ class SFTConfig:
         _seeds(self, "seed")
 
 
-@dataclass(frozen=True)
-class ADRPOConfig:
-    """adrpo: GRPO with dense, attributed rewards (MemBuilder)."""
+def _with_default(section: type, name: str, default: Any) -> Any:
+    """Field ``name`` of config class ``section`` with another default; its help stays the one written there."""
+    return field(default=default, metadata=section.__dataclass_fields__[name].metadata)
 
-    model_name_or_path: str = _f("models/sft", "Policy to start from.")
-    num_generations: int = _f(2, "Rollouts per prompt (group size G).")
+
+def _increasing_pair(section: Any, name: str, *, positive: bool) -> None:
+    """Field ``name`` of ``section`` is two numbers ``(low, high)``: ``0 <= low < high`` (``0 < low``: ``positive``)."""
+    values = tuple(getattr(section, name))
+    ok = len(values) == 2 and (values[0] > 0 if positive else values[0] >= 0) and values[0] < values[1]
+    _require(ok, name, f"must be two numbers with {'0 <' if positive else '0 <='} low < high, got {list(values)}")
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """What the two GRPO trainers share (``adrpo`` and ``memagent.train`` inherit these fields): the model to train,
+    TRL's GRPO loss and sampling, vLLM generation, precision, checkpoints and seed."""
+
+    model_name_or_path: str = _f("models/base", "Model to train (a from_pretrained-loadable folder).")
+    num_generations: int = _f(
+        2, "Rollouts sampled per prompt: the GRPO group size G (at least 2: advantages compare a group's rewards)."
+    )
     learning_rate: float = _f(1e-6, "Learning rate.")
-    beta: float = _f(0.0, "KL coefficient.")
+    beta: float = _f(0.0, "KL coefficient (0 = no reference model).")
     epsilon: float = _f(0.2, "PPO clip range.")
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
         "dapo", "TRL's loss normalisation: dapo = over all completion tokens of the step (TRL's default)."
     )
-    length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty).")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0).")
+    top_p: float = _f(1.0, "Nucleus sampling of the rollouts, in (0, 1].")
+    max_steps: int = _f(2, "Optimizer steps.")
+    save_steps: int = _f(1, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
+    seed: int = _f(42, "Training seed (also orders the training data; ADRPO shuffles whole sessions with it).")
+    use_vllm: bool = _f(False, "Generate rollouts with vLLM (needs a CUDA GPU).")
+    vllm_mode: Literal["colocate", "server"] = _f(
+        "colocate", "vLLM beside the trainer on its GPU (colocate) or a running `trl vllm-serve` (server)."
+    )
+    vllm_server_base_url: str = _f(
+        "",
+        "Base URL of `trl vllm-serve` for vllm_mode 'server', e.g. http://host:8000; empty = TRL's default "
+        "(port 8000 of this machine).",
+    )
+    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode, in (0, 1].")
+    bf16: bool = _f(False, "bf16 training on a CUDA GPU (training on CPU is float32).")
+    checkpoint_dir: str = _f("checkpoints/grpo", "Trainer checkpoints (a DVC persist output: kept for resume).")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 2, "num_generations")  # TRL's GRPO compares the rewards within a group
+        _at_least(self, 0, "learning_rate", "beta", "save_steps")  # learning rate 0: benchmarks step a frozen policy
+        _positive(self, "epsilon", "temperature")
+        _in_range(self, "top_p", 0, 1, open_low=True)
+        _at_least(self, 1, "max_steps")
+        _seeds(self, "seed")
+        _in_range(self, "vllm_gpu_memory_utilization", 0, 1, open_low=True)
+        url = self.vllm_server_base_url
+        _require(
+            not url or url.startswith(("http://", "https://")),
+            "vllm_server_base_url",
+            f"must be empty or start with http:// or https://, got {url!r}",
+        )
+
+
+@dataclass(frozen=True)
+class ADRPOConfig(GRPOSettings):
+    """adrpo: GRPO with dense, attributed rewards (MemBuilder)."""
+
+    model_name_or_path: str = _with_default(GRPOSettings, "model_name_or_path", "models/sft")
+    save_steps: int = _with_default(GRPOSettings, "save_steps", 2)
+    checkpoint_dir: str = _with_default(GRPOSettings, "checkpoint_dir", "checkpoints/adrpo")
+    length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty), in [0, 1].")
     core_penalty_tokens: tuple[int, ...] = _f(
         (150, 400), "Core length penalty: 0 below the first token count, 1 above the second, linear between."
     )
@@ -490,28 +546,26 @@ class ADRPOConfig:
     )
     answer_top_k: int = _f(10, "Entries retrieved per question when answering from memory.")
     attribution: Literal["retrieval_share", "ablation"] = _f("retrieval_share", "Contribution-aware weighting mode.")
-    attribution_alpha: float = _f(4.0, "Weight of the dominant part's agent under retrieval_share.")
+    attribution_alpha: float = _f(4.0, "Weight of the dominant part's agent under retrieval_share (>= 1).")
     max_prompt_length: int = _f(1024, "Longest prompt in tokens.")
     max_completion_length: int = _f(256, "Longest completion in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature.")
-    top_p: float = _f(1.0, "Nucleus sampling.")
-    max_steps: int = _f(2, "Optimizer steps.")
-    use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
-    vllm_mode: Literal["colocate", "server"] = _f(
-        "colocate", "vLLM beside the trainer on its GPU (colocate) or a running `trl vllm-serve` (server)."
-    )
-    vllm_server_base_url: str = _f("", "Base URL of `trl vllm-serve` for vllm_mode 'server', e.g. http://host:8000.")
-    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode.")
-    bf16: bool = _f(False, "bf16 training (GPU).")
     splits: tuple[str, ...] = _f(("rl",), "synth_qa prompt splits to train on.")
     sessions_per_batch: int = _f(1, "Whole sessions (4 agent prompts x G rollouts each) per optimizer step.")
-    save_steps: int = _f(2, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
-    seed: int = _f(42, "Training seed (also shuffles sessions).")
     log_completions: int = _f(8, "Sampled completions logged to MLflow as a table.")
-    checkpoint_dir: str = _f("checkpoints/adrpo", "Trainer checkpoints (a DVC persist output: kept for resume).")
     output_dir: str = _f("models/adrpo", "Where the trained policy (from_pretrained-loadable) is written.")
     report_path: str = _f("reports/adrpo.json", "Training metrics (a DVC metrics file).")
     plot_path: str = _f("reports/adrpo_reward.json", "Reward per step (a DVC plot table).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fractions(self, "length_penalty_lambda")
+        _increasing_pair(self, "core_penalty_tokens", positive=False)
+        _increasing_pair(self, "length_ratio_free", positive=True)
+        _at_least(self, 1, "attribution_alpha", "answer_top_k", "max_prompt_length", "max_completion_length")
+        _at_least(self, 1, "sessions_per_batch")
+        _at_least(self, 0, "log_completions")
+        _nonempty(self, "splits")
+        _distinct(self, "splits")
 
 
 @dataclass(frozen=True)
@@ -567,35 +621,21 @@ class ReaderConfig:
 
 
 @dataclass(frozen=True)
-class MemAgentTrainConfig:
+class MemAgentTrainConfig(GRPOSettings):
     """memagent_train: multi-conversation GRPO of the reader."""
 
-    model_name_or_path: str = _f("models/base", "Reader model to train.")
-    num_generations: int = _f(2, "Trajectories per question (group size).")
+    beta: float = _with_default(GRPOSettings, "beta", 1e-3)
+    checkpoint_dir: str = _with_default(GRPOSettings, "checkpoint_dir", "checkpoints/memagent")
     questions_per_step: int = _f(1, "Questions per optimizer step (each with num_generations trajectories).")
-    learning_rate: float = _f(1e-6, "Learning rate.")
-    beta: float = _f(1e-3, "KL coefficient.")
-    epsilon: float = _f(0.2, "PPO clip range.")
-    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
-        "dapo", "TRL's loss normalisation: dapo = over all completion tokens of the step (TRL's default)."
-    )
-    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
-    top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
-    max_steps: int = _f(2, "Optimizer steps.")
-    save_steps: int = _f(1, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
-    seed: int = _f(42, "Training seed.")
-    use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU).")
-    vllm_mode: Literal["colocate", "server"] = _f(
-        "colocate", "vLLM beside the trainer on its GPU (colocate) or a running `trl vllm-serve` (server)."
-    )
-    vllm_server_base_url: str = _f("", "Base URL of `trl vllm-serve` for vllm_mode 'server', e.g. http://host:8000.")
-    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode.")
-    bf16: bool = _f(False, "bf16 training (GPU).")
     log_trajectories: int = _f(4, "Sampled trajectories logged to MLflow as a table.")
-    checkpoint_dir: str = _f("checkpoints/memagent", "Trainer checkpoints (a DVC persist output: kept for resume).")
     output_dir: str = _f("models/memagent", "Where the trained reader is written.")
     report_path: str = _f("reports/memagent_train.json", "Training metrics (a DVC metrics file).")
     plot_path: str = _f("reports/memagent_reward.json", "Reward per step (a DVC plot table).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, 1, "questions_per_step")
+        _at_least(self, 0, "log_trajectories")
 
 
 @dataclass(frozen=True)
