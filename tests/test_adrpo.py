@@ -20,13 +20,15 @@ import numpy as np
 import pytest
 
 from components.config import ADRPOConfig
-from components.errors import MemforgeError
+from components.errors import ConfigError, MemforgeError
 from components.llm.model_assets import MODEL_CARD_FILE, read_model_card
 from components.memory.embedder import EmbeddingCache, HashingEmbedder
 from components.memory.types import PARTS
 from components.rewards import DEFAULT_EPS, completion_text
 from components.training import adrpo
-from components.training.checkpoints import FINGERPRINT_FILE
+from components.training.adrpo_trainer import ADRPOTrainer, check_trl_hook
+from components.training.arguments import shared_arguments
+from components.training.checkpoints import FINGERPRINT_FILE, latest_checkpoint
 from tests.helpers import (
     EXPECTED_REWARDS,
     MEMORY,
@@ -88,28 +90,28 @@ def scripted_rollouts(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 def test_hook_guard_passes_on_installed_trl_and_fails_clearly_without_the_hook() -> None:
     from trl import GRPOTrainer
 
-    adrpo.check_trl_hook()
-    adrpo.check_trl_hook(adrpo.ADRPOTrainer)
+    check_trl_hook()
+    check_trl_hook(ADRPOTrainer)
 
     class NoHook(GRPOTrainer):
         _generate_and_score_completions = None
 
     with pytest.raises(MemforgeError, match="_generate_and_score_completions"):
-        adrpo.check_trl_hook(NoHook)
+        check_trl_hook(NoHook)
 
     class NoAdvantages(GRPOTrainer):
         def _generate_and_score_completions(self, inputs):
             return {"completion_ids": None}
 
     with pytest.raises(MemforgeError, match="advantages"):
-        adrpo.check_trl_hook(NoAdvantages)
+        check_trl_hook(NoAdvantages)
 
     class WrongSignature(GRPOTrainer):
         def _generate_and_score_completions(self, batch, extra):
             return {"advantages": None}
 
     with pytest.raises(MemforgeError, match="signature"):
-        adrpo.check_trl_hook(WrongSignature)
+        check_trl_hook(WrongSignature)
 
 
 def test_order_by_session_keeps_sessions_whole_and_drops_incomplete() -> None:
@@ -123,8 +125,10 @@ def test_order_by_session_keeps_sessions_whole_and_drops_incomplete() -> None:
     assert dropped == 0 and len(ordered) == 8
     assert [r["part"] for r in ordered] == list(PARTS) * 2
     assert adrpo.adrpo_batch_size(2, 1) == 8 and adrpo.adrpo_batch_size(4, 2) == 32
-    with pytest.raises(MemforgeError):
-        adrpo.adrpo_batch_size(1)
+    with pytest.raises(ConfigError, match=r"num_generations: must be >= 2, got 1"):
+        ADRPOConfig(num_generations=1)  # the config refuses a group TRL could not compare within
+    with pytest.raises(ConfigError, match=r"sessions_per_batch: must be >= 1, got 0"):
+        ADRPOConfig(sessions_per_batch=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def test_advantage_rewrite_replaces_trl_advantages(tiny_model_dir: Path, scripte
     before = _params(model)
     ordered, _ = adrpo.order_by_session(prompt_rows())  # s1 first: step 1 scores session A
     reward = adrpo.ADRPOReward(cfg, make_judge(cfg), count_tokens, MEMORY)
-    trainer = adrpo.ADRPOTrainer(
+    trainer = ADRPOTrainer(
         model=model,
         args=adrpo.grpo_args(cfg),
         train_dataset=Dataset.from_list(ordered),
@@ -229,7 +233,7 @@ def test_train_adrpo_two_steps_logs_and_changes_parameters(
     card = json.loads((tmp_path / "adrpo" / MODEL_CARD_FILE).read_text())
     assert card["kind"] == "adrpo" and card["adrpo"]["steps"] == 2 and card["parameter_count"] == outcome.total_params
     assert read_model_card(tmp_path / "adrpo").parameter_count == outcome.total_params
-    assert not list((tmp_path / "adrpo").glob("checkpoint-*")) and adrpo.latest_checkpoint(cfg.checkpoint_dir) is None
+    assert not list((tmp_path / "adrpo").glob("checkpoint-*")) and latest_checkpoint(cfg.checkpoint_dir) is None
 
 
 def test_real_tiny_model_completions_fail_the_format_gate(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -257,7 +261,7 @@ def test_checkpoint_and_resume(tiny_model_dir: Path, scripted_rollouts, tmp_path
     cfg = adrpo_cfg(tiny_model_dir, tmp_path, max_steps=1, save_steps=1)
     first = adrpo.train_adrpo(cfg, data, out, MEMORY)
     checkpoints = Path(cfg.checkpoint_dir)
-    assert first.steps == 1 and adrpo.latest_checkpoint(checkpoints).endswith("checkpoint-1")
+    assert first.steps == 1 and latest_checkpoint(checkpoints).endswith("checkpoint-1")
     assert (checkpoints / FINGERPRINT_FILE).is_file() and not list(out.glob("checkpoint-*"))
     second = adrpo.train_adrpo(replace(cfg, max_steps=2), data, out, MEMORY)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-1")
@@ -288,31 +292,31 @@ def test_checkpoints_of_other_settings_or_policy_are_not_resumed(
         adrpo.train_adrpo(replace(cfg, checkpoint_dir=str(tmp_path / "adrpo" / "ckpt")), data, tmp_path / "adrpo")
 
 
-def test_grpo_args_read_the_config_and_pass_vllm_settings(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_grpo_args_come_from_the_shared_builder_plus_adrpo_fields(tiny_model_dir: Path, tmp_path: Path) -> None:
     import torch
-    from trl import GRPOConfig
 
-    cfg = adrpo_cfg(tiny_model_dir, tmp_path, sessions_per_batch=2, save_steps=3, seed=7, num_generations=4)
+    cfg = adrpo_cfg(tiny_model_dir, tmp_path, sessions_per_batch=2, save_steps=3, seed=7, num_generations=4, bf16=True)
     args = adrpo.grpo_args(cfg)
-    assert args.output_dir == cfg.checkpoint_dir and args.per_device_train_batch_size == 32
-    assert args.save_strategy == "steps" and args.save_steps == 3 and args.seed == 7 and args.data_seed == 7
-    assert not args.shuffle_dataset and not args.use_vllm
-    assert args.activation_checkpointing  # also on CPU, where 8 rollouts of 4K-token prompts exhaust 23 GB without it
+    cuda = torch.cuda.is_available()
+    # the shared settings, exactly as the one builder makes them for every trainer
+    shared = shared_arguments(
+        output_dir=cfg.checkpoint_dir, seed=7, bf16=True, logging_steps=1, save_steps=3, cuda=cuda
+    )
+    assert {key: getattr(args, key) for key in shared} == {**shared, "report_to": []}  # TRL reads "none" as []
+    assert args.output_dir == cfg.checkpoint_dir and args.save_strategy == "steps" and args.save_steps == 3
+    assert args.save_total_limit == 1 and args.seed == 7 and args.data_seed == 7
+    assert args.bf16 is cuda and args.use_cpu is not cuda  # bf16 asked for: only on a GPU
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    # GRPO's own fields from the config, ADRPO's batching
+    assert (args.num_generations, args.beta, args.epsilon, args.loss_type) == (4, 0.0, 0.2, "dapo")
+    assert (args.temperature, args.top_p, args.max_steps, args.learning_rate) == (1.0, 1.0, 2, 5e-2)
+    assert args.max_completion_length == 8 and args.per_device_train_batch_size == 32  # 4 agents x 2 sessions x G
+    assert args.generation_batch_size == 32 and args.steps_per_generation == 1 and args.num_iterations == 1
+    assert not args.shuffle_dataset and not args.use_vllm and not args.log_completions
     assert adrpo.grpo_args(replace(cfg, save_steps=0)).save_strategy == "no"
-    assert args.loss_type == "dapo" and adrpo.grpo_args(replace(cfg, loss_type="grpo")).loss_type == "grpo"
-    colocate = adrpo.vllm_kwargs(replace(cfg, use_vllm=True, vllm_gpu_memory_utilization=0.5))
-    assert colocate == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.5}
-    server = replace(cfg, use_vllm=True, vllm_mode="server", vllm_server_base_url="http://gpu-1:8000")
-    assert adrpo.vllm_kwargs(server) == {
-        "use_vllm": True,
-        "vllm_mode": "server",
-        "vllm_server_base_url": "http://gpu-1:8000",
-    }
-    assert adrpo.vllm_kwargs(replace(server, vllm_server_base_url="")) == {"use_vllm": True, "vllm_mode": "server"}
-    fields = set(GRPOConfig.__dataclass_fields__)  # the names exist in the pinned TRL
-    assert set(adrpo.vllm_kwargs(server)) | set(colocate) <= fields
-    if not torch.cuda.is_available():
-        with pytest.raises(MemforgeError, match="needs a CUDA GPU"):
+    assert adrpo.grpo_args(replace(cfg, loss_type="grpo")).loss_type == "grpo"
+    if not cuda:
+        with pytest.raises(MemforgeError, match=r"adrpo\.use_vllm needs a CUDA GPU"):
             adrpo.grpo_args(replace(cfg, use_vllm=True))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,11 @@ from components.agent.prompts import answer_messages, update_messages
 from components.agent.scoring import reward
 from components.config import MemAgentTrainConfig, ReaderConfig
 from components.errors import MemforgeError
-from components.training import memagent
-from components.training.memagent import TrainSample, broadcast_advantages, group_advantages
+from components.training import memagent, memagent_rollout
+from components.training.arguments import shared_arguments
+from components.training.checkpoints import latest_checkpoint
+from components.training.memagent_rollout import TrainSample, broadcast_advantages, group_advantages
+from components.training.memagent_trainer import MemAgentTrainer, check_trl_hook
 
 READER = ReaderConfig(chunk_tokens=24, memory_tokens=12, answer_tokens=12)
 DOCS = (
@@ -170,7 +174,7 @@ def test_reward_function_scores_the_last_boxed_answer_against_the_row_answers() 
         [{"role": "assistant", "content": "\\boxed{Berlin}"}],
     ]
     answers = [["Paris"], ["paris", "France"], ["Paris"], ["Paris"]]
-    assert memagent.boxed_em_reward([None] * 4, completions, answers) == [1.0, 1.0, 0.0, 0.0]
+    assert memagent_rollout.boxed_em_reward([None] * 4, completions, answers) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_train_sample_validation() -> None:
@@ -195,34 +199,34 @@ def test_context_needed_bounds_every_conversation() -> None:
 def test_hook_guard_passes_on_installed_trl_and_fails_clearly_without_the_hooks() -> None:
     from trl import GRPOTrainer
 
-    memagent.check_trl_hook()
-    memagent.check_trl_hook(memagent.MemAgentTrainer)
+    check_trl_hook()
+    check_trl_hook(MemAgentTrainer)
 
     class NoHook(GRPOTrainer):
         _generate_and_score_completions = None
 
     with pytest.raises(MemforgeError, match="_generate_and_score_completions"):
-        memagent.check_trl_hook(NoHook)
+        check_trl_hook(NoHook)
 
     class NoSingleTurn(GRPOTrainer):
         _generate_single_turn = None
 
     with pytest.raises(MemforgeError, match="_generate_single_turn"):
-        memagent.check_trl_hook(NoSingleTurn)
+        check_trl_hook(NoSingleTurn)
 
     class RewardsMoved(GRPOTrainer):
         def _calculate_rewards(self, batch):
             return None
 
     with pytest.raises(MemforgeError, match="signature"):
-        memagent.check_trl_hook(RewardsMoved)
+        check_trl_hook(RewardsMoved)
 
     class LossIgnoresAdvantages(GRPOTrainer):
         def _compute_loss(self, model, inputs):
             return inputs["prompt_ids"].sum()
 
     with pytest.raises(MemforgeError, match="advantages"):
-        memagent.check_trl_hook(LossIgnoresAdvantages)
+        check_trl_hook(LossIgnoresAdvantages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def test_rollout_streams_chunks_and_overwrites_memory(tiny_model_dir: Path) -> N
             completion_ids.append(out[0, len(ids) :].tolist())
         return prompt_ids, completion_ids, tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 
-    trajectories = memagent.rollout([long, long, short, short], reader, encode, decode, generate)
+    trajectories = memagent_rollout.rollout([long, long, short, short], reader, encode, decode, generate)
     assert [t.conversations for t in trajectories] == [4, 4, 2, 2]  # chunks + the answer
     # lock step: step 1 has all four trajectories, steps 2-3 only the long question's two, then the four answers
     assert [(c["n"], c["limit"]) for c in calls] == [(4, 6), (2, 6), (2, 6), (4, 5)]
@@ -295,7 +299,7 @@ def test_one_step_rewards_advantages_and_the_reward_hook(boxed_model_dir: Path, 
         """The real reward, recording what TRL's reward hook hands it."""
         seen.append({"prompts": prompts, "answers": answers, "ids": sample_id, "completions": completions})
         kwargs["log_metric"]("recording/answers_seen", float(len(answers)))
-        return memagent.boxed_em_reward(prompts, completions, answers)
+        return memagent_rollout.boxed_em_reward(prompts, completions, answers)
 
     G = 6
     cfg = train_cfg(boxed_model_dir, tmp_path, max_steps=1, questions_per_step=2, num_generations=G)
@@ -360,7 +364,10 @@ def test_train_memagent_two_steps_logs_and_saves_a_changed_model(boxed_model_dir
         assert 0.0 < d["memagent/boxed_fraction"] <= 1.0
     assert any(d["memagent/advantage_abs_mean"] > 0 for d in step_logs)
     assert len(outcome.trajectories) == 3 and outcome.metrics()["steps"] == 2.0
-    assert "final_reward_mean" in outcome.metrics()
+    metrics, timings = outcome.metrics(), outcome.timings()
+    assert "final_reward_mean" in metrics and metrics["resumed"] == 0.0 and metrics["questions"] == len(SAMPLES)
+    assert set(timings) == {"seconds", "seconds_per_step"} and timings["seconds_per_step"] > 0
+    assert not set(timings) & set(metrics)  # wall-clock timings go to MLflow only, never into the DVC metrics
     base, _ = load_model_folder(boxed_model_dir, "float32")
     trained, _ = load_model_folder(cfg.output_dir, "float32")
     before, after = _params(base), _params(trained)
@@ -387,7 +394,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_model_dir: Path, tmp_path
     with pytest.raises(Crash):
         memagent.train_memagent(cfg, READER, SAMPLES, on_log=crash_at_step_two)
     checkpoints = Path(cfg.checkpoint_dir)
-    assert memagent.latest_checkpoint(checkpoints).endswith("checkpoint-1")
+    assert latest_checkpoint(checkpoints).endswith("checkpoint-1")
     assert not Path(cfg.output_dir).exists()
     steps: list[int] = []
     outcome = memagent.train_memagent(cfg, READER, SAMPLES, on_log=lambda d, s: steps.append(s))
@@ -402,3 +409,36 @@ def test_context_window_is_checked_before_training(tiny_model_dir: Path, tmp_pat
         memagent.build_memagent_trainer(train_cfg(tiny_model_dir, tmp_path), reader, SAMPLES)
     with pytest.raises(MemforgeError, match="questions_per_step=3"):
         memagent.build_memagent_trainer(train_cfg(tiny_model_dir, tmp_path, questions_per_step=3), READER, SAMPLES)
+
+
+def test_grpo_args_come_from_the_shared_builder_plus_memagent_fields(tmp_path: Path) -> None:
+    import torch
+
+    cfg = train_cfg(tmp_path / "model", tmp_path, questions_per_step=3, num_generations=4, save_steps=2, bf16=True)
+    args = memagent.grpo_args(cfg, READER)
+    cuda = torch.cuda.is_available()
+    shared = shared_arguments(
+        output_dir=cfg.checkpoint_dir,
+        seed=0,
+        bf16=True,
+        logging_steps=1,
+        save_steps=2,
+        keep_checkpoints=None,
+        cuda=cuda,
+    )
+    assert {key: getattr(args, key) for key in shared} == {**shared, "report_to": []}  # TRL reads "none" as []
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.bf16 is cuda and args.use_cpu is not cuda and args.save_total_limit is None  # every checkpoint kept
+    assert (args.num_generations, args.beta, args.epsilon, args.loss_type, args.learning_rate) == (
+        4,
+        1e-3,
+        0.2,
+        "dapo",
+        1e-2,
+    )
+    assert args.per_device_train_batch_size == 12 and args.generation_batch_size == 12  # 3 questions x G
+    assert args.max_completion_length == 12 and args.shuffle_dataset and not args.remove_unused_columns
+    assert args.steps_per_generation == 1 and args.num_iterations == 1 and not args.use_vllm
+    if not cuda:
+        with pytest.raises(MemforgeError, match=r"memagent\.train\.use_vllm needs a CUDA GPU"):
+            memagent.grpo_args(replace(cfg, use_vllm=True), READER)

@@ -25,8 +25,9 @@ from components.config import (
 from components.errors import InputError, MemforgeError
 from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder, read_model_card
 from components.memory.types import PARTS
-from components.stages import sft as sft_stage
+from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
+from components.training.arguments import shared_arguments
 from components.training.sft import (
     CUT_MARKER,
     build_sft_dataset,
@@ -35,6 +36,7 @@ from components.training.sft import (
     fit_examples,
     train_sft,
     trajectory_examples,
+    trl_config,
 )
 from tests.helpers import REPO_ROOT
 
@@ -94,6 +96,7 @@ def _cfg(model: Path, tmp_path: Path, **overrides) -> SFTConfig:
         per_device_batch_size=2,
         output_dir=str(tmp_path / "models" / "sft"),
         report_path=str(tmp_path / "reports" / "sft.json"),
+        plot_path=str(tmp_path / "reports" / "sft_loss.json"),
     )
     return replace(base, **overrides)
 
@@ -181,6 +184,26 @@ def test_prompt_tokens_are_masked_in_a_collated_batch(tiny_model_dir: Path, traj
         assert text.startswith(example["completion"][0]["content"] + tokenizer.eos_token)
 
 
+def test_trl_config_comes_from_the_shared_builder_plus_sft_fields(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    cfg = _cfg(tiny_model_dir, tmp_path, bf16=True, logging_steps=3, seed=5, gradient_accumulation_steps=2)
+    args = trl_config(cfg, tmp_path / "scratch")
+    cuda = torch.cuda.is_available()
+    shared = shared_arguments(
+        output_dir=tmp_path / "scratch", seed=5, bf16=True, logging_steps=3, save_steps=0, cuda=cuda
+    )
+    assert {key: getattr(args, key) for key in shared} == {**shared, "report_to": []}  # TRL reads "none" as []
+    # on CPU too: activation checkpointing (without it a CPU run was killed for memory), float32 unless on a GPU
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.bf16 is cuda and args.use_cpu is not cuda and not args.fp16
+    assert args.save_strategy == "no" and args.seed == args.data_seed == 5 and args.logging_steps == 3
+    # SFT's own fields
+    assert args.completion_only_loss and args.max_length == 256 and args.truncation_mode == "keep_start"
+    assert (args.learning_rate, args.max_steps, args.num_train_epochs) == (1e-3, 2, 1.0)
+    assert args.per_device_train_batch_size == 2 and args.gradient_accumulation_steps == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -220,8 +243,10 @@ def test_full_fine_tune_changes_weights_and_saves_a_loadable_model(
     (generations,) = backend.generate([[{"role": "user", "content": "Where does the user live?"}]])
     assert generations[0].completion_tokens >= 1
     assert backend.tokenizer.chat_template  # the chat template travelled with the model
-    metrics = outcome.metrics()
-    assert metrics["examples_episodic"] == 2 and metrics["seconds_per_step"] > 0
+    metrics, timings = outcome.metrics(), outcome.timings()
+    assert metrics["examples_episodic"] == 2 and metrics["final_loss"] == outcome.loss_history[-1]["loss"]
+    assert timings["seconds_per_step"] > 0 and timings["seconds"] > 0
+    assert not set(timings) & set(metrics)  # wall-clock timings go to MLflow only, never into the DVC metrics
 
 
 def test_lora_fine_tune_is_merged_and_loads_without_peft(
@@ -261,7 +286,7 @@ def test_no_examples_is_a_clear_error_and_leaves_no_output(tiny_model_dir: Path,
         expert=ExpertConfig(output_dir=str(empty.parent)), sft=_cfg(tiny_model_dir, tmp_path), tracking=tracking_config
     )
     with pytest.raises(MemforgeError, match=r"no training examples: .*sft\.jsonl hold no teacher outputs"):
-        sft_stage.run(params)
+        run_stage("sft", params)
     assert not (tmp_path / "models").exists() and not (tmp_path / "reports").exists()
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     (run,) = client.search_runs([client.get_experiment_by_name(tracking_config.experiment).experiment_id])
@@ -313,10 +338,12 @@ def expert_params(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> Para
 
 
 def test_stage_run_logs_loss_per_step_and_writes_reports(expert_params: Params, tracking_config) -> None:
-    outcome = sft_stage.run(expert_params)
+    result = run_stage("sft", expert_params)
     cfg = expert_params.sft
-    assert outcome.examples > 0 and outcome.examples == sum(outcome.examples_per_part.values())
-    assert outcome.fit.shortened > 0  # real agent prompts are longer than 384 tiny-tokenizer tokens
+    metrics = result.metrics
+    assert metrics["examples"] > 0 and metrics["examples"] == sum(metrics.get(f"examples_{p}", 0) for p in PARTS)
+    assert metrics["examples_shortened"] > 0  # real agent prompts are longer than 384 tiny-tokenizer tokens
+    assert set(result.timings) == {"seconds", "seconds_per_step"} and not set(result.timings) & set(metrics)
 
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_config))
     (run,) = client.search_runs([client.get_experiment_by_name(tracking_config.experiment).experiment_id])
@@ -325,16 +352,17 @@ def test_stage_run_logs_loss_per_step_and_writes_reports(expert_params: Params, 
     assert sorted(m.step for m in history) == [1, 2] and all(math.isfinite(m.value) for m in history)
     assert {m.step for m in client.get_metric_history(run.info.run_id, "learning_rate")} == {1, 2}
     assert {m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")} == {1, 2}
-    assert run.data.metrics["examples"] == outcome.examples and run.data.metrics["steps"] == 2
+    assert run.data.metrics["examples"] == metrics["examples"] and run.data.metrics["steps"] == 2
+    assert run.data.metrics["seconds_per_step"] == result.timings["seconds_per_step"]  # timings: MLflow only
     datasets = {d.dataset.name: json.loads(d.dataset.source)["dvc_md5"] for d in run.inputs.dataset_inputs}
     assert set(datasets) == {"trajectories-sft", "base-model"}
     artifacts = {a.path for path in ("sft", "model") for a in client.list_artifacts(run.info.run_id, path)}
     assert {"sft/loss_curve.png", "sft/sft.json", "sft/sft_loss.json", f"model/{MODEL_CARD_FILE}"} <= artifacts
 
     report = json.loads(Path(cfg.report_path).read_text())
-    assert report == outcome.metrics() and report["steps"] == 2
-    points = json.loads((Path(cfg.report_path).parent / "sft_loss.json").read_text())
-    assert [p["step"] for p in points] == [1, 2] and points == outcome.loss_history
+    assert report == metrics and report["steps"] == 2 and "seconds" not in report
+    points = json.loads(Path(cfg.plot_path).read_text())
+    assert [p["step"] for p in points] == [1, 2] and points == result.plots[cfg.plot_path]
     assert {p["loss"] for p in points} == {m.value for m in history}
     load_model_folder(cfg.output_dir)
 
@@ -354,4 +382,4 @@ def test_diverging_loss_fails_and_keeps_the_previous_output(
     cfg = _cfg(tiny_model_dir, tmp_path, learning_rate=1e30, max_steps=3)
     with pytest.raises(MemforgeError, match="training diverged"):
         train_sft(cfg, build_sft_dataset(trajectory_examples([trajectories])), cfg.output_dir)
-    assert not Path(cfg.output_dir).exists() and _leftovers(Path(cfg.output_dir).parent) == []
+    assert not (tmp_path / "models").exists()  # nothing written: no model, no temp folder beside it

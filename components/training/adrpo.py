@@ -5,7 +5,8 @@ How it plugs into TRL
 ``GRPOTrainer._generate_and_score_completions(inputs)`` generates G completions per prompt, calls the reward
 functions, turns rewards into per-completion advantages (shape (B,), one per completion of the process's batch)
 and returns them in its output dict under ``"advantages"``; the loss multiplies every completion token's
-log-prob ratio by that advantage. ``ADRPOTrainer`` overrides it:
+log-prob ratio by that advantage. ``ADRPOTrainer`` (``components.training.adrpo_trainer``, imported when
+training starts) overrides it:
 
 1. TRL's single reward function is an ``ADRPOReward`` object: from the batch rows (columns of the synth_qa
    ``prompts`` dataset: ``part``, ``memory_before``, ``session``, ``questions``, ``expert_output``, ...) and the
@@ -16,12 +17,12 @@ log-prob ratio by that advantage. ``ADRPOTrainer`` overrides it:
    ``rewrite_advantages(rewards, group_ids, weights)``: ``A'_i = w_part(i) * (r_i - mean_g) / (std_g + eps)``
    within each (session, part) GRPO group. The attribution weights therefore scale the ADVANTAGE term of the
    policy loss (not the rewards): a dominant part's agent gets a proportionally larger update;
-3. ``score_groups(...).stats()`` is logged through ``self._metrics[mode]["adrpo/..."]`` (reward mean/std overall and
-   per part, format failure rates, attribution weights per part, length penalties, judge counts), so it appears in
-   the trainer logs next to TRL's own metrics.
+3. ``ScoredBatch.logged_stats`` (``score_groups(...).stats()``) is logged through ``self._metrics[mode]["adrpo/..."]``
+   (reward mean/std overall and per part, format failure rates, attribution weights per part, length penalties,
+   judge counts), so it appears in the trainer logs next to TRL's own metrics.
 
-``check_trl_hook`` verifies, at construction, that the installed TRL has this hook; at run time the override also
-checks that the output carries ``"advantages"`` of the expected length.
+``adrpo_trainer.check_trl_hook`` verifies, at construction, that the installed TRL has this hook; at run time the
+override also checks that the output carries ``"advantages"`` of the expected length.
 
 Batching constraint
 -------------------
@@ -38,12 +39,14 @@ session, with their G completions each, must be in one generation batch (per pro
 
 Checkpoints, resume, outputs
 ----------------------------
-``train_adrpo`` reads every setting from ``ADRPOConfig`` (``sessions_per_batch``, ``save_steps``, ``seed``, vLLM).
+``train_adrpo`` reads every setting from ``ADRPOConfig`` (``sessions_per_batch``, ``save_steps``, ``seed``, vLLM;
+TRL's arguments come from ``components.training.arguments``, shared with sft and memagent_train).
 Checkpoints (optimizer and RNG state included; the latest one only) go to ``cfg.checkpoint_dir``, apart from the
 model folder, with ``memforge_run.json`` recording the settings and prompts they belong to; a rerun resumes
 from the latest checkpoint when that record matches (after a kill) and starts afresh otherwise. The trained model
-replaces ``output_dir`` atomically, with a ``memforge_model.json`` card. The trainer keeps the last step's
-completions (``completion_rows``: session, part, rollout, text, reward and its factors) for an MLflow table.
+replaces ``output_dir`` atomically, with a ``memforge_model.json`` card (``saving.save_trained``, as every trained
+model). The trainer keeps the last step's completions (``ScoredBatch.rows``: session, part, rollout, text, reward
+and its factors) for an MLflow table.
 
 Heavy imports (torch, transformers, trl, datasets) happen inside functions.
 """
@@ -51,20 +54,16 @@ Heavy imports (torch, transformers, trl, datasets) happen inside functions.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
-import inspect
 import json
 import logging
-import math
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -79,65 +78,18 @@ from components.rewards import (
     completion_text,
     groups_from_batch,
     make_judge,
-    rewrite_advantages,
     score_groups,
 )
+from components.training.arguments import grpo_arguments
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
-from components.training.lazy import lazy_class
-from components.training.saving import finish_trained_folder, saved_dtype_of
+from components.training.checkpoints import claim_checkpoint_dir, latest_checkpoint
+from components.training.outcome import GRPOOutcome, last_stats
+from components.training.saving import load_trainable, save_trained
 
 logger = logging.getLogger(__name__)
 
-TRL_PINNED = "1.16"
-HOOK = "_generate_and_score_completions"
 METRIC_PREFIX = "adrpo/"
 _TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
-
-
-# ---------------------------------------------------------------------------------------------
-# the TRL hook guard
-
-
-def check_trl_hook(trainer_cls: type | None = None) -> None:
-    """Raise ``MemforgeError`` unless ``trainer_cls`` (default: TRL's ``GRPOTrainer``) has the hook ADRPO overrides.
-
-    Checks the installed TRL version (pinned to ``TRL_PINNED``), that ``_generate_and_score_completions(inputs)``
-    exists and is callable, and that its source builds an ``"advantages"`` entry in the output dict.
-    """
-    import trl
-
-    if trainer_cls is None:
-        from trl import GRPOTrainer
-
-        trainer_cls = GRPOTrainer
-        version = str(getattr(trl, "__version__", "?"))
-        if not re.match(rf"^{re.escape(TRL_PINNED)}(\.|$)", version):
-            raise MemforgeError(
-                f"adrpo: TRL {version} is installed but ADRPO is pinned to TRL {TRL_PINNED}.x; it overrides the "
-                f"private GRPOTrainer.{HOOK}, which other TRL versions may change; install trl=={TRL_PINNED}.*"
-            )
-    name = getattr(trainer_cls, "__name__", repr(trainer_cls))
-    hook = getattr(trainer_cls, HOOK, None)
-    if not callable(hook):
-        raise MemforgeError(
-            f"adrpo: {name} has no {HOOK}(inputs) method; ADRPO rewrites the advantages that this GRPOTrainer hook "
-            f"returns (TRL {TRL_PINNED}); the installed TRL is not compatible"
-        )
-    try:
-        params = list(inspect.signature(hook).parameters)
-    except (TypeError, ValueError):
-        params = []
-    if params[:2] != ["self", "inputs"]:
-        raise MemforgeError(f"adrpo: {name}.{HOOK} has signature {params}; expected (self, inputs)")
-    try:
-        source = inspect.getsource(hook)
-    except (OSError, TypeError):
-        source = ""
-    if '"advantages"' not in source and "'advantages'" not in source:
-        raise MemforgeError(
-            f"adrpo: {name}.{HOOK} does not return an 'advantages' entry; ADRPO replaces that entry with its "
-            f"attributed advantages (TRL {TRL_PINNED} layout); the installed TRL is not compatible"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +97,8 @@ def check_trl_hook(trainer_cls: type | None = None) -> None:
 
 
 def adrpo_batch_size(num_generations: int, sessions_per_batch: int = 1) -> int:
-    """Completions per device batch: four agents x ``sessions_per_batch`` sessions x G rollouts."""
-    if num_generations < 2 or sessions_per_batch < 1:
-        raise MemforgeError(
-            f"adrpo: need num_generations >= 2 and sessions_per_batch >= 1, got {num_generations}, {sessions_per_batch}"
-        )
+    """Completions per device batch: four agents x ``sessions_per_batch`` sessions x G rollouts (``ADRPOConfig``
+    checks both counts when it is built)."""
     return len(PARTS) * sessions_per_batch * num_generations
 
 
@@ -191,6 +140,36 @@ class ScoredBatch:
     layout: BatchLayout
     batch: RewardBatch
     texts: list[str] = field(default_factory=list)
+
+    def rows(self, advantages: Sequence[float], step: int) -> list[dict[str, Any]]:
+        """One row per completion: what was written, its reward and every factor, its advantage (an MLflow table)."""
+        rows = []
+        for index, (group_index, part, rollout) in enumerate(self.layout.positions):
+            score = self.scores.groups[group_index].scores[part][rollout]
+            rows.append(
+                {
+                    "step": step,
+                    "session": score.group_id,
+                    "part": part,
+                    "rollout": rollout,
+                    "completion": self.texts[index] if index < len(self.texts) else "",
+                    "reward": score.reward,
+                    "advantage": float(advantages[index]),
+                    "format_ok": score.format_ok,
+                    "task_reward": score.task_reward,
+                    "length_penalty": score.length_penalty,
+                    "attribution_weight": score.weight,
+                    "tokens": score.tokens,
+                    "error": score.error or "",
+                }
+            )
+        return rows
+
+    def logged_stats(self, advantages: Sequence[float]) -> dict[str, float]:
+        """The batch's statistics under their ``adrpo/`` log names, with the mean absolute attributed advantage."""
+        stats = {METRIC_PREFIX + key: float(value) for key, value in self.scores.stats().items()}
+        stats[METRIC_PREFIX + "advantage_abs_mean"] = float(np.mean(np.abs(np.asarray(advantages, dtype=float))))
+        return stats
 
 
 class ADRPOReward:
@@ -243,157 +222,32 @@ class ADRPOReward:
         return last
 
 
-def completion_rows(scored: ScoredBatch, advantages: Sequence[float], step: int) -> list[dict[str, Any]]:
-    """One row per completion of a scored batch: what was written, its reward and every factor (an MLflow table)."""
-    rows = []
-    for index, (group_index, part, rollout) in enumerate(scored.layout.positions):
-        score = scored.scores.groups[group_index].scores[part][rollout]
-        rows.append(
-            {
-                "step": step,
-                "session": score.group_id,
-                "part": part,
-                "rollout": rollout,
-                "completion": scored.texts[index] if index < len(scored.texts) else "",
-                "reward": score.reward,
-                "advantage": float(advantages[index]),
-                "format_ok": score.format_ok,
-                "task_reward": score.task_reward,
-                "length_penalty": score.length_penalty,
-                "attribution_weight": score.weight,
-                "tokens": score.tokens,
-                "error": score.error or "",
-            }
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# the trainer
-
-
-def _grpo_trainer_cls() -> type:
-    from trl import GRPOTrainer
-
-    class ADRPOTrainer(GRPOTrainer):
-        """``GRPOTrainer`` whose advantages are ADRPO's attributed ones (see the module docstring)."""
-
-        def __init__(self, *args: Any, adrpo_reward: ADRPOReward, **kwargs: Any) -> None:
-            check_trl_hook()
-            check_trl_hook(type(self))
-            if kwargs.get("reward_funcs") is None:
-                kwargs["reward_funcs"] = [adrpo_reward]
-            funcs = kwargs["reward_funcs"]
-            funcs = funcs if isinstance(funcs, list) else [funcs]
-            if funcs != [adrpo_reward]:
-                raise MemforgeError("adrpo: the ADRPO reward must be the trainer's only reward function")
-            super().__init__(*args, **kwargs)
-            args_ = self.args
-            if args_.steps_per_generation != 1 or args_.num_iterations != 1:
-                # supported by the rewrite (it covers the whole generation batch), but the batch-size rule assumes 1
-                logger.info(
-                    "adrpo: steps_per_generation=%s num_iterations=%s", args_.steps_per_generation, args_.num_iterations
-                )
-            if args_.shuffle_dataset:
-                raise MemforgeError(
-                    "adrpo: shuffle_dataset must be False (a session's four prompts must stay together; shuffle "
-                    "sessions with order_by_session instead)"
-                )
-            if args_.generation_batch_size % (len(PARTS) * self.num_generations):
-                raise MemforgeError(
-                    f"adrpo: generation batch of {args_.generation_batch_size} completions does not hold whole "
-                    f"sessions (4 agents x G={self.num_generations}); use adrpo_batch_size()"
-                )
-            self.adrpo_reward = adrpo_reward
-            self.adrpo_last: dict[str, Any] = {}
-            self.adrpo_samples: list[dict[str, Any]] = []  # the last scored batch, one row per completion
-
-        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-            import torch
-
-            output = super()._generate_and_score_completions(inputs)
-            if "advantages" not in output:
-                raise MemforgeError(f"adrpo: GRPOTrainer.{HOOK} returned no 'advantages' (keys: {sorted(output)})")
-            scored = self.adrpo_reward.take()
-            trl_advantages = output["advantages"]
-            batch = scored.batch
-            if trl_advantages.dim() != 1 or trl_advantages.shape[0] != batch.rewards.shape[0]:
-                raise MemforgeError(
-                    f"adrpo: TRL advantages have shape {tuple(trl_advantages.shape)}, but {batch.rewards.shape[0]} "
-                    "completions were scored on this process"
-                )
-            advantages = rewrite_advantages(batch.rewards, batch.group_ids, batch.weights)
-            output["advantages"] = torch.as_tensor(advantages, dtype=trl_advantages.dtype, device=trl_advantages.device)
-            self.adrpo_last = {
-                "rewards": batch.rewards.copy(),
-                "group_ids": batch.group_ids.copy(),
-                "weights": batch.weights.copy(),
-                "trl_advantages": trl_advantages.detach().cpu().numpy().copy(),
-                "advantages": np.asarray(advantages, dtype=np.float64).copy(),
-                "scores": scored.scores,
-            }
-            self.adrpo_samples = completion_rows(scored, advantages, int(self.state.global_step) + 1)
-            mode = "train" if self.model.training else "eval"
-            logged = self._logs["advantages"]
-            if self.accelerator.num_processes == 1 and len(logged) >= len(advantages):
-                # the completions table shows the advantages the loss uses (TRL logged its own just before)
-                for _ in range(len(advantages)):
-                    logged.pop()
-                logged.extend(float(a) for a in advantages)
-            for key, value in scored.scores.stats().items():
-                self._metrics[mode][METRIC_PREFIX + key].append(float(value))
-            self._metrics[mode][METRIC_PREFIX + "advantage_abs_mean"].append(float(np.mean(np.abs(advantages))))
-            return output
-
-    return ADRPOTrainer
-
-
-__getattr__ = lazy_class("ADRPOTrainer", _grpo_trainer_cls)
-
-
 # ---------------------------------------------------------------------------------------------
 # training entry point
 
 
-@dataclass
-class ADRPOOutcome:
-    """What an ADRPO run did; ``metrics()`` feeds DVC and MLflow, ``summary()`` the model card.
+@dataclass(kw_only=True)
+class ADRPOOutcome(GRPOOutcome):
+    """What an ADRPO run did (``GRPOOutcome``: ``metrics()``, ``timings()``, the card's ``summary()``).
 
     ``history`` holds every trainer log (``adrpo/...`` stats included) with its step; ``completions`` the last
-    step's completions, one row each (``completion_rows``).
+    step's completions, one row each (``ScoredBatch.rows``).
     """
 
-    output_dir: str
-    base_model: str
+    kind: ClassVar[str] = "adrpo"
+
     prompts: int
     sessions: int
     sessions_dropped: int
-    steps: int
-    train_loss: float
-    seconds: float
-    resumed_from: str | None = None
-    step_seconds: list[float] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    last_stats: dict[str, float] = field(default_factory=dict)
     completions: list[dict[str, Any]] = field(default_factory=list)
-    total_params: int = 0
-    saved_dtype: str = "float32"
-    device: str = "cpu"
 
     def metrics(self) -> dict[str, float]:
-        steady = self.step_seconds[1:] or self.step_seconds
-        out = {
+        return {
+            **super().metrics(),
             "prompts": float(self.prompts),
             "sessions": float(self.sessions),
             "sessions_dropped": float(self.sessions_dropped),
-            "steps": float(self.steps),
-            "train_loss": self.train_loss,
-            "resumed": float(self.resumed_from is not None),
-            "seconds": round(self.seconds, 3),
-            "seconds_per_step": round(float(np.median(steady)), 4) if steady else 0.0,
         }
-        out.update({f"final_{k}": v for k, v in self.last_stats.items()})
-        return out
 
     def reward_history(self) -> list[dict[str, float]]:
         """``[{step, reward, reward_std, task_reward, format_failure_rate, length_penalty}]`` per logged step."""
@@ -415,101 +269,24 @@ class ADRPOOutcome:
         return points
 
     def summary(self) -> dict[str, Any]:
-        """The ``adrpo`` section of the model card."""
-        return {
-            "base_model": self.base_model,
-            "prompts": self.prompts,
-            "sessions": self.sessions,
-            "steps": self.steps,
-            "train_loss": self.train_loss,
-            "resumed_from": self.resumed_from,
-            "final": dict(self.last_stats),
-            "total_params": self.total_params,
-            "device": self.device,
-        }
-
-
-def vllm_kwargs(cfg: ADRPOConfig) -> dict[str, Any]:
-    """``GRPOConfig`` vLLM fields for ``cfg``: the mode, plus the server URL (server) or memory share (colocate).
-
-    An empty ``vllm_server_base_url`` leaves TRL's default server (``vllm_server_host:vllm_server_port``, i.e.
-    ``trl vllm-serve`` on port 8000 of this machine).
-    """
-    if not cfg.use_vllm:
-        return {"use_vllm": False}
-    if cfg.vllm_mode == "server":
-        url = cfg.vllm_server_base_url.strip()
-        return {"use_vllm": True, "vllm_mode": "server", **({"vllm_server_base_url": url} if url else {})}
-    if cfg.vllm_mode == "colocate":
-        if not 0 < cfg.vllm_gpu_memory_utilization <= 1:
-            raise MemforgeError(
-                f"adrpo.vllm_gpu_memory_utilization must be in (0, 1], got {cfg.vllm_gpu_memory_utilization}"
-            )
-        return {
-            "use_vllm": True,
-            "vllm_mode": "colocate",
-            "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-        }
-    raise MemforgeError(f"adrpo.vllm_mode must be 'colocate' or 'server', got {cfg.vllm_mode!r}")
+        return {**super().summary(), "prompts": self.prompts, "sessions": self.sessions}
 
 
 def grpo_args(cfg: ADRPOConfig) -> Any:
-    """``trl.GRPOConfig`` for ADRPO: whole sessions per batch, no row shuffling, checkpoints in ``cfg.checkpoint_dir``
-    every ``cfg.save_steps`` steps (0 = none; the latest one only is kept), vLLM when ``cfg.use_vllm`` (needs CUDA),
-    CPU (and no activation checkpointing) when no CUDA, no reporters."""
-    import torch
-    from trl import GRPOConfig
-
-    cuda = torch.cuda.is_available()
-    if cfg.use_vllm and not cuda:
-        raise MemforgeError("adrpo.use_vllm needs a CUDA GPU (vLLM is CUDA-only); set adrpo.use_vllm: false on CPU")
-    if cfg.save_steps < 0:
-        raise MemforgeError(f"adrpo.save_steps must be >= 0 (0 = no checkpoints), got {cfg.save_steps}")
-    return GRPOConfig(
-        output_dir=str(cfg.checkpoint_dir),
-        learning_rate=cfg.learning_rate,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        num_generations=cfg.num_generations,
+    """``trl.GRPOConfig`` for ADRPO (``grpo_arguments``: precision, activation checkpointing, vLLM, logging,
+    checkpoints in ``cfg.checkpoint_dir``, seed) with ADRPO's own fields: whole sessions per batch
+    (``adrpo_batch_size``), no row shuffling (``order_by_session`` shuffles sessions), the completion length."""
+    return grpo_arguments(
+        cfg,
+        "adrpo",
         max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_steps=cfg.max_steps,
         per_device_train_batch_size=adrpo_batch_size(cfg.num_generations, cfg.sessions_per_batch),
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
-        num_iterations=1,
         shuffle_dataset=False,
-        **vllm_kwargs(cfg),
-        bf16=cfg.bf16 and cuda,
-        fp16=False,
-        use_cpu=not cuda,
-        activation_checkpointing=True,  # TRL default, on CPU too: without it 8 rollouts of 4K-token prompts take 23 GB
-        logging_steps=1,
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=1,
-        report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_nan_inf_filter=False,
-        dataloader_num_workers=0,
-        log_completions=False,
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # checkpoints and resume
-
-
-def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
-    """The highest ``checkpoint-N`` folder under ``folder``, or None."""
-    path = Path(folder)
-    if not path.is_dir():
-        return None
-    found = [(int(p.name.split("-")[1]), p) for p in path.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return str(max(found)[1]) if found else None
 
 
 # fields that do not change what a resumed run would have computed (run length, output places, generation engine)
@@ -541,8 +318,6 @@ def resume_fingerprint(cfg: ADRPOConfig, rows: Sequence[Mapping[str, Any]], memo
 def resume_point(checkpoint_dir: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> str | None:
     """The checkpoint to resume from, or None; checkpoints of a run with another fingerprint are removed, with a
     warning (``components.training.checkpoints.claim_checkpoint_dir``, shared with memagent_train)."""
-    from components.training.checkpoints import claim_checkpoint_dir
-
     return latest_checkpoint(checkpoint_dir) if claim_checkpoint_dir(checkpoint_dir, fingerprint) else None
 
 
@@ -568,14 +343,9 @@ def train_adrpo(
     (``llm`` needs it passed in, built with the answerer and judge backends). ``on_log(logs, step)`` receives every
     trainer log, ADRPO's ``adrpo/...`` stats included.
     """
-    import torch
     from datasets import Dataset
 
-    from components.io import atomic_directory
-    from components.llm.model_assets import (
-        load_model_folder,
-        normalise_tokenizer,
-    )
+    from components.training.adrpo_trainer import ADRPOTrainer, check_trl_hook
 
     check_trl_hook()
     started = time.perf_counter()
@@ -597,11 +367,7 @@ def train_adrpo(
     if dropped:
         logger.warning("adrpo: %d session(s) without all four agent prompts left out", dropped)
 
-    saved_dtype = saved_dtype_of(Path(cfg.model_name_or_path))
-    model, tokenizer = load_model_folder(Path(cfg.model_name_or_path), "float32")
-    if not getattr(tokenizer, "chat_template", None):
-        raise MemforgeError(f"adrpo: {cfg.model_name_or_path}: the tokenizer has no chat template")
-    normalise_tokenizer(model, tokenizer)
+    model, tokenizer, saved_dtype = load_trainable(cfg.model_name_or_path)
     tokenizer.padding_side = "left"
     _warn_long_prompts(ordered, tokenizer, cfg.max_prompt_length)
 
@@ -610,8 +376,7 @@ def train_adrpo(
 
     reward = ADRPOReward(cfg, judge if judge is not None else make_judge(cfg), count_tokens, memory_config)
     log = TrainingLog()
-    trainer_cls = __getattr__("ADRPOTrainer")
-    trainer = trainer_cls(
+    trainer = ADRPOTrainer(
         model=model,
         args=grpo_args(cfg),
         train_dataset=Dataset.from_list(ordered),
@@ -621,17 +386,13 @@ def train_adrpo(
     )
     resume = resume_point(checkpoints, resume_fingerprint(cfg, ordered, memory_config))
     result = trainer.train(resume_from_checkpoint=resume)
-    if log.diverged or not math.isfinite(result.training_loss):
-        raise MemforgeError(
-            f"adrpo: training diverged (loss or gradient norm not finite); lower adrpo.learning_rate (now "
-            f"{cfg.learning_rate}); {out} was left as it was"
-        )
-    adrpo_logs = [entry for entry in log.entries if any(k.startswith(METRIC_PREFIX) for k in entry)]
-    last = {
-        k[len(METRIC_PREFIX) :]: v
-        for k, v in (adrpo_logs[-1] if adrpo_logs else {}).items()
-        if k.startswith(METRIC_PREFIX)
-    }
+    log.check_finite(
+        result.training_loss,
+        who="adrpo",
+        learning_rate_key="adrpo.learning_rate",
+        learning_rate=cfg.learning_rate,
+        output_dir=str(out),
+    )
     outcome = ADRPOOutcome(
         output_dir=str(out),
         base_model=str(cfg.model_name_or_path),
@@ -640,34 +401,18 @@ def train_adrpo(
         sessions_dropped=dropped,
         steps=int(trainer.state.global_step),
         train_loss=float(result.training_loss),
-        seconds=0.0,
         resumed_from=resume,
         step_seconds=log.step_seconds,
         history=log.entries,
-        last_stats=last,
+        last_stats=last_stats(log.entries, METRIC_PREFIX),
         completions=list(trainer.adrpo_samples),
-        total_params=sum(p.numel() for p in trainer.model.parameters()),
+        total_params=sum(p.numel() for p in model.parameters()),
         saved_dtype=saved_dtype,
         device=str(trainer.args.device),
     )
-    with atomic_directory(out) as staging:
-        trained = trainer.model
-        trained.config.use_cache = True
-        trained.to(getattr(torch, saved_dtype)).save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        del trainer, trained, model
-        gc.collect()
-        finish_trained_folder(
-            staging,
-            tokenizer,
-            kind="adrpo",
-            base=Path(cfg.model_name_or_path),
-            final_dir=outcome.output_dir,
-            dtype=outcome.saved_dtype,
-            parameter_count=outcome.total_params,
-            fallback_context_tokens=cfg.max_prompt_length + cfg.max_completion_length,
-            summary=outcome.summary(),
-        )
+    model = trainer.model
+    del trainer  # frees the optimizer state before the saved model is reloaded and checked
+    save_trained(model, tokenizer, outcome, fallback_context_tokens=cfg.max_prompt_length + cfg.max_completion_length)
     outcome.seconds = time.perf_counter() - started
     return outcome
 

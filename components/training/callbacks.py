@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.errors import MemforgeError
+
 OnLog = Callable[[dict[str, float], int], None]
 
 
@@ -19,9 +21,18 @@ class TrainingLog:
     step_seconds: list[float] = field(default_factory=list)
     diverged: list[int] = field(default_factory=list)
 
-    def loss_history(self) -> list[dict[str, float]]:
-        """``[{step, loss}]`` for the loss curve (a DVC plot and an MLflow figure)."""
-        return [{"step": int(e["step"]), "loss": e["loss"]} for e in self.entries if "loss" in e]
+    def check_finite(
+        self, training_loss: float, *, who: str, learning_rate_key: str, learning_rate: float, output_dir: str
+    ) -> None:
+        """Raise ``MemforgeError`` when a logged loss or gradient norm, or the run's mean loss, is not finite; the
+        trained model is then not saved and ``output_dir`` stays as it was."""
+        if not self.diverged and math.isfinite(training_loss):
+            return
+        where = f"at step {self.diverged[0]}" if self.diverged else "on average"
+        raise MemforgeError(
+            f"{who}: training diverged (loss or gradient norm not finite {where}); lower {learning_rate_key} (now "
+            f"{learning_rate}) or check the data; {output_dir} was left as it was"
+        )
 
 
 def log_forwarder(on_log: OnLog | None, log: TrainingLog) -> Any:

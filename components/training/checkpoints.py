@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,15 @@ FINGERPRINT_FILE = "memforge_run.json"
 NOT_SHAPING = frozenset(
     {"max_steps", "save_steps", "log_completions", "log_trajectories", "checkpoint_dir", "output_dir", "report_path"}
 )
+
+
+def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
+    """The highest ``checkpoint-N`` folder under ``folder`` (where TRL saved it), or None."""
+    path = Path(folder)
+    if not path.is_dir():
+        return None
+    found = [(int(p.name.split("-")[1]), p) for p in path.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return str(max(found)[1]) if found else None
 
 
 def input_digest(path: str | Path) -> str:

@@ -1,7 +1,11 @@
-"""What every training stage does to the model folder it saves: its dtype, its model card, its permissions."""
+"""The model folders a training stage reads and writes: the model to train, loaded with float32 master weights
+(``load_trainable``), and the one way a trained model is saved (``save_trained``): in the base model's dtype,
+checked by a reload and a generation, with a model card and ordinary permissions, replacing the output folder whole
+or not at all."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Mapping
@@ -9,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import ModelLoadError
+from components.training.outcome import TrainingOutcome
+
+
+def load_trainable(folder: str | os.PathLike[str]) -> tuple[Any, Any, str]:
+    """The model in ``folder`` with float32 master weights, its tokenizer (chat template required, pad token set) and
+    the dtype its weights were saved in (the trained model is saved in it too)."""
+    from components.llm.model_assets import load_model_folder, normalise_tokenizer
+
+    path = Path(folder)
+    saved_dtype = saved_dtype_of(path)
+    model, tokenizer = load_model_folder(path, "float32")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"{path}: the tokenizer has no chat template; prepare the model with prepare_model")
+    normalise_tokenizer(model, tokenizer)
+    return model, tokenizer, saved_dtype
 
 
 def saved_dtype_of(folder: Path) -> str:
@@ -76,6 +95,39 @@ def trained_model_card(
     }
 
 
+def save_trained(model: Any, tokenizer: Any, outcome: TrainingOutcome, *, fallback_context_tokens: int) -> None:
+    """Save a trained ``model`` and its ``tokenizer`` into ``outcome.output_dir``, whole or not at all.
+
+    The model is written in ``outcome.saved_dtype`` (the base model's) with its KV cache on, into a temp sibling of
+    the output folder, which ``finish_trained_folder`` checks and completes before it replaces the folder. Callers
+    drop their trainer first, so that its optimizer state is freed before the saved copy is reloaded.
+    """
+    import torch
+
+    from components.io import atomic_directory
+
+    model.config.use_cache = True
+    model = model.to(getattr(torch, outcome.saved_dtype))
+    with atomic_directory(outcome.output_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        finish_trained_folder(
+            staging,
+            tokenizer,
+            kind=outcome.kind,
+            base=Path(outcome.base_model),
+            final_dir=outcome.output_dir,
+            dtype=outcome.saved_dtype,
+            parameter_count=outcome.total_params,
+            fallback_context_tokens=fallback_context_tokens,
+            summary=outcome.summary(),
+        )
+
+
 def finish_trained_folder(
     staging: Path,
     tokenizer: Any,
@@ -90,9 +142,10 @@ def finish_trained_folder(
 ) -> None:
     """Check a staged trained model (saved weights and tokenizer) and complete it: reload it with plain
     ``from_pretrained`` and generate (``verify_prepared_folder``), write its ``memforge_model.json``
-    (``trained_model_card``) and give it ordinary permissions. A failed check leaves ``final_dir`` untouched."""
+    (``trained_model_card``) and give it ordinary permissions (``apply_umask``, as prepared models get). A failed
+    check leaves ``final_dir`` untouched."""
     from components.io import write_json_atomic
-    from components.llm.model_assets import MODEL_CARD_FILE, verify_prepared_folder
+    from components.llm.model_assets import MODEL_CARD_FILE, apply_umask, verify_prepared_folder
 
     verify_prepared_folder(staging, dtype, final_dir=final_dir)
     card = trained_model_card(
@@ -108,13 +161,3 @@ def finish_trained_folder(
     )
     write_json_atomic(staging / MODEL_CARD_FILE, card)
     apply_umask(staging)
-
-
-def apply_umask(folder: Path) -> None:
-    """Ordinary permissions for a staged folder (mkdtemp creates it 0700)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for file in folder.rglob("*"):
-        if file.is_file():
-            os.chmod(file, 0o666 & ~mask)

@@ -21,24 +21,21 @@ Heavy imports (torch, transformers, trl, peft, datasets) happen inside functions
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
 import os
-import shutil
-import statistics
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from components.config import SFTConfig
-from components.errors import InputError, MemforgeError, ModelLoadError
+from components.errors import InputError, MemforgeError
 from components.memory.types import PARTS
+from components.training.arguments import trainer_arguments
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
-from components.training.saving import finish_trained_folder, saved_dtype_of
+from components.training.outcome import TrainingOutcome
+from components.training.saving import load_trainable, save_trained
 
 logger = logging.getLogger(__name__)
 
@@ -204,69 +201,55 @@ def fit_examples(
 # outcome
 
 
-@dataclass
-class SFTOutcome:
-    """What a fine-tuning run did; ``metrics()`` feeds DVC and MLflow, ``card()`` the model folder."""
+@dataclass(kw_only=True)
+class SFTOutcome(TrainingOutcome):
+    """What a fine-tuning run did (``TrainingOutcome``: ``metrics()``, ``timings()``, the card's ``summary()``)."""
 
-    output_dir: str
-    base_model: str
+    kind: ClassVar[str] = "sft"
+
     use_lora: bool
     examples: int
     examples_trained: int
     examples_per_part: dict[str, int]
     fit: FitReport
-    steps: int
     epochs: float
-    train_loss: float
-    final_loss: float
-    loss_history: list[dict[str, float]]
     trainable_params: int
-    total_params: int
-    seconds: float
-    step_seconds: list[float] = field(default_factory=list)
     tokens: float = 0.0
-    device: str = "cpu"
-    saved_dtype: str = "float32"
+
+    @property
+    def final_loss(self) -> float:
+        """The last logged loss (NaN when none was logged)."""
+        points = self.loss_history
+        return points[-1]["loss"] if points else float("nan")
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics (final values; per-step values go to MLflow as they are logged)."""
-        steady = self.step_seconds[1:] or self.step_seconds  # the first step pays for warm-up
-        out: dict[str, float] = {
-            "examples": self.examples,
-            "examples_trained": self.examples_trained,
-            "examples_shortened": self.fit.shortened,
-            "examples_over_length": self.fit.over_length,
-            "steps": self.steps,
+        return {
+            **super().metrics(),
+            "examples": float(self.examples),
+            "examples_trained": float(self.examples_trained),
+            "examples_shortened": float(self.fit.shortened),
+            "examples_over_length": float(self.fit.over_length),
             "epochs": round(self.epochs, 4),
-            "train_loss": self.train_loss,
             "final_loss": self.final_loss,
-            "trainable_params": self.trainable_params,
-            "total_params": self.total_params,
+            "trainable_params": float(self.trainable_params),
+            "total_params": float(self.total_params),
             "trainable_fraction": self.trainable_params / max(self.total_params, 1),
             "use_lora": float(self.use_lora),
             "tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-            "seconds_per_step": round(statistics.median(steady), 4) if steady else 0.0,
+            **{f"examples_{part}": float(n) for part, n in self.examples_per_part.items()},
         }
-        out.update({f"examples_{part}": n for part, n in self.examples_per_part.items()})
-        return out
 
     def summary(self) -> dict[str, Any]:
-        """The ``sft`` section of the model card."""
         return {
-            "base_model": self.base_model,
+            **super().summary(),
             "use_lora": self.use_lora,
             "examples": self.examples,
             "examples_trained": self.examples_trained,
             "examples_per_part": dict(self.examples_per_part),
             "fit": asdict(self.fit),
-            "steps": self.steps,
             "epochs": self.epochs,
-            "train_loss": self.train_loss,
             "final_loss": self.final_loss,
             "trainable_params": self.trainable_params,
-            "total_params": self.total_params,
-            "device": self.device,
         }
 
 
@@ -275,13 +258,17 @@ class SFTOutcome:
 
 
 def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
-    """``trl.SFTConfig`` for ``cfg``: completion-only loss, no checkpoints, no reporters, CPU when no CUDA."""
-    import torch
+    """``trl.SFTConfig`` for ``cfg`` (``trainer_arguments``: precision, activation checkpointing, logging, seed; no
+    checkpoints) plus SFT's own fields: the loss on completion tokens only, ``max_length`` (TRL keeps the start of
+    a longer example, which ``fit_examples`` has made rare), epochs, steps and batch shape."""
     from trl import SFTConfig as TRLSFTConfig
 
-    cuda = torch.cuda.is_available()
-    return TRLSFTConfig(
-        output_dir=str(scratch_dir),
+    return trainer_arguments(
+        TRLSFTConfig,
+        output_dir=scratch_dir,
+        seed=cfg.seed,
+        bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps,
         completion_only_loss=True,
         max_length=cfg.max_length,
         truncation_mode="keep_start",
@@ -290,17 +277,6 @@ def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        bf16=cfg.bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        activation_checkpointing=cuda,  # saves memory on GPU; on CPU it only costs time
-        logging_steps=cfg.logging_steps,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="no",
-        report_to="none",
-        logging_nan_inf_filter=False,  # a NaN loss must show (and fail the stage), not be averaged away
-        dataloader_num_workers=0,
     )
 
 
@@ -314,19 +290,6 @@ def lora_config(cfg: SFTConfig) -> Any:
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-
-
-def load_base(cfg: SFTConfig) -> tuple[Any, Any, str]:
-    """Model (float32 master weights), tokenizer (chat template and pad token checked) and the saved dtype."""
-    from components.llm.model_assets import load_model_folder, normalise_tokenizer
-
-    folder = Path(cfg.model_name_or_path)
-    saved_dtype = saved_dtype_of(folder)
-    model, tokenizer = load_model_folder(folder, "float32")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"{folder}: the tokenizer has no chat template; prepare the model with prepare_model")
-    normalise_tokenizer(model, tokenizer)
-    return model, tokenizer, saved_dtype
 
 
 def build_sft_trainer(
@@ -367,21 +330,17 @@ def train_sft(
     ``on_log(logs, step)`` receives every trainer log (loss, learning_rate, grad_norm, mean_token_accuracy, ...).
     On any failure ``output_dir`` is left as it was and no temp folder remains.
     """
-    import torch
+    import tempfile
 
-    from components.io import atomic_directory
+    from datasets import Dataset
 
     if dataset is None or len(dataset) == 0:
         raise MemforgeError("no SFT examples to train on")
     started = time.perf_counter()
-    out = Path(output_dir)
-    model, tokenizer, saved_dtype = load_base(cfg)
+    model, tokenizer, saved_dtype = load_trainable(cfg.model_name_or_path)
     rows = dataset.to_list()
     examples_per_part = dict(Counter(str(row.get("part", "")) for row in rows))
     fitted, fit = fit_examples(rows, tokenizer, cfg.max_length)
-    from datasets import Dataset
-
-    train_dataset = Dataset.from_list(fitted)
     log = TrainingLog()
     tokens: list[float] = []
 
@@ -391,9 +350,10 @@ def train_sft(
         if on_log is not None:
             on_log(logs, step)
 
-    with atomic_directory(out) as staging:
-        scratch = staging / ".trainer"
-        trainer = build_sft_trainer(cfg, train_dataset, model, tokenizer, scratch, [log_forwarder(forward, log)])
+    with tempfile.TemporaryDirectory(prefix="memforge-sft-") as scratch:
+        trainer = build_sft_trainer(
+            cfg, Dataset.from_list(fitted), model, tokenizer, scratch, [log_forwarder(forward, log)]
+        )
         if len(trainer.train_dataset) == 0:
             raise MemforgeError(
                 f"no SFT example fits sft.max_length={cfg.max_length} tokens with a completion token left "
@@ -401,57 +361,35 @@ def train_sft(
             )
         trainable, _ = _count_params(trainer.model)
         result = trainer.train()
-        if log.diverged or not math.isfinite(result.training_loss):
-            where = f"at step {log.diverged[0]}" if log.diverged else "on average"
-            raise MemforgeError(
-                f"sft: training diverged (loss or gradient norm not finite {where}); lower sft.learning_rate "
-                f"(now {cfg.learning_rate}) "
-                f"or check the data; {out} was left as it was"
-            )
-        trained = trainer.model
-        if cfg.use_lora:
-            trained = trained.merge_and_unload()
-        trained.config.use_cache = True
-        trained = trained.to(getattr(torch, saved_dtype))
-        _, total = _count_params(trained)
-        shutil.rmtree(scratch, ignore_errors=True)
-        trained.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        outcome = SFTOutcome(
-            output_dir=str(out),
-            base_model=str(cfg.model_name_or_path),
-            use_lora=cfg.use_lora,
-            examples=len(rows),
-            examples_trained=len(trainer.train_dataset),
-            examples_per_part=examples_per_part,
-            fit=fit,
-            steps=int(trainer.state.global_step),
-            epochs=float(trainer.state.epoch or 0.0),
-            train_loss=float(result.training_loss),
-            final_loss=log.loss_history()[-1]["loss"] if log.loss_history() else float("nan"),
-            loss_history=log.loss_history(),
-            trainable_params=trainable,
-            total_params=total,
-            seconds=0.0,
-            step_seconds=log.step_seconds,
-            tokens=tokens[-1] if tokens else 0.0,
-            device=str(trainer.args.device),
-            saved_dtype=saved_dtype,
-        )
-        del trainer, trained, model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        finish_trained_folder(
-            staging,
-            tokenizer,
-            kind="sft",
-            base=Path(cfg.model_name_or_path),
-            final_dir=outcome.output_dir,
-            dtype=outcome.saved_dtype,
-            parameter_count=outcome.total_params,
-            fallback_context_tokens=cfg.max_length,
-            summary=outcome.summary(),
-        )
+    log.check_finite(
+        result.training_loss,
+        who="sft",
+        learning_rate_key="sft.learning_rate",
+        learning_rate=cfg.learning_rate,
+        output_dir=str(output_dir),
+    )
+    trained = trainer.model.merge_and_unload() if cfg.use_lora else trainer.model
+    _, total = _count_params(trained)
+    outcome = SFTOutcome(
+        output_dir=str(output_dir),
+        base_model=str(cfg.model_name_or_path),
+        use_lora=cfg.use_lora,
+        examples=len(rows),
+        examples_trained=len(trainer.train_dataset),
+        examples_per_part=examples_per_part,
+        fit=fit,
+        steps=int(trainer.state.global_step),
+        epochs=float(trainer.state.epoch or 0.0),
+        train_loss=float(result.training_loss),
+        history=log.entries,
+        step_seconds=log.step_seconds,
+        trainable_params=trainable,
+        total_params=total,
+        tokens=tokens[-1] if tokens else 0.0,
+        device=str(trainer.args.device),
+        saved_dtype=saved_dtype,
+    )
+    del trainer, model  # frees the optimizer state before the saved model is reloaded and checked
+    save_trained(trained, tokenizer, outcome, fallback_context_tokens=cfg.max_length)
     outcome.seconds = time.perf_counter() - started
     return outcome
