@@ -149,3 +149,40 @@ def test_missing_sets_are_clear_errors(tmp_path: Path, tiny_model_dir: Path, tra
     with pytest.raises(InputError, match=r"hotpotqa_eval\.jsonl: evaluation set not found"):
         run_stage("eval_longcontext", params)
     assert [r.info.status for r in stage_runs(tracking_config, "memagent_train")] == ["FAILED"]
+
+
+def test_evaluation_reads_all_groups_side_by_side_with_the_answers_of_one_group_at_a_time(
+    tmp_path: Path, tiny_model_dir: Path, tracking_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy answers and rows do not depend on which questions are batched together; the generate calls drop
+    from one set per (task, length) group to one per chunk step, one for the answers and one for the baseline."""
+    from components.llm.backends import TransformersBackend
+    from components.stages.eval_longcontext import evaluate, groups, load_eval_samples, set_paths
+    from tests.llm_fixtures import build_chatty_model
+
+    chatty = build_chatty_model(tiny_model_dir, tmp_path / "chatty")
+    params = stage_params(tmp_path, tiny_model_dir, tracking_config)
+    params = replace(
+        params, memagent=replace(params.memagent, eval=replace(params.memagent.eval, model_name_or_path=str(chatty)))
+    )
+    run_stage("longcontext_data", params)
+    samples = load_eval_samples(set_paths(params))
+    calls: list[int] = []
+    generate = TransformersBackend.generate
+
+    def counted(self: TransformersBackend, conversations, sampling=None):
+        calls.append(len(conversations))
+        return generate(self, conversations, sampling)
+
+    monkeypatch.setattr(TransformersBackend, "generate", counted)
+    together = [row.to_dict() for row in evaluate(params, samples)]
+    calls_together = calls[:]
+    calls.clear()
+    one_group_at_a_time = [row.to_dict() for _, members in groups(samples) for row in evaluate(params, members)]
+
+    assert together == one_group_at_a_time
+    assert len({row["prediction"] for row in together}) > 1  # the answers really differ
+    *steps, answers, baseline = calls_together
+    assert steps[0] == answers == baseline == len(samples) and steps == sorted(steps, reverse=True)
+    group_count = sum(1 for _ in groups(samples))
+    assert group_count > 1 and len(calls) >= 3 * group_count > len(calls_together)

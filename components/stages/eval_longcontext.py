@@ -11,8 +11,9 @@ For ``memagent.eval.model_name_or_path`` and every sample of the configured sets
   last halves of the budget are kept, as in LongBench-style baselines).
 
 Each answer is scored by ``components.longcontext.answers.score_sample``: substring exact match (MemAgent's
-metric), EM and F1 against the alternatives; for needle tasks ``correct`` needs every required value. Samples are
-read one (task, length) group at a time, so questions read side by side have inputs of one size.
+metric), EM and F1 against the alternatives; for needle tasks ``correct`` needs every required value. All samples are
+read side by side (one generate call per chunk step over every question still reading, batched by the backend), and
+the baseline answers them all in one more call; rows come per (task, length) group.
 
 Outputs: ``eval.rows_path`` (one JSON line per sample and method), ``eval.report_path`` (DVC metrics:
 ``{method: {task: {length: scores}}}`` plus each method's mean), and one DVC plot table per task family,
@@ -144,30 +145,55 @@ def baseline_request(
 
 
 def evaluate(params: Params, samples: Sequence[LongContextSample]) -> list[EvalRow]:
-    """Answer every sample with the reader (and the full-context baseline when configured); scored rows."""
+    """Answer every sample with the reader (and the full-context baseline when configured); scored rows, per
+    (task, length) group the reader's rows, then the baseline's.
+
+    Every sample is read side by side in one ``read``: each chunk step is one generate call over all questions
+    still reading, and the backend batches those prompts (all about one chunk long) ``memagent.reader.batch_size``
+    at a time, whatever their task or length. The baseline answers every sample in one more call, which the
+    backend batches longest first, so the inputs batched together have similar lengths."""
     from components.agent.reader import ReadRequest, build_reader_backend, full_context_answer, read
     from components.longcontext.store import LongContextStore, iter_context
 
     cfg = params.memagent
     window = cfg.eval.baseline_context_tokens or params.model.max_context_tokens
-    rows: list[EvalRow] = []
+    grouped = list(groups(samples))
+    ordered = [sample for _, members in grouped for sample in members]
+    for (task, length), members in grouped:
+        logger.info("eval_longcontext: %s at length %d: %d sample(s)", task, length, len(members))
     backend, encode, decode = build_reader_backend(cfg.eval.model_name_or_path, cfg.reader)
     try:
         with LongContextStore.open(params.longcontext.output_dir) as store:
-            for (task, length), members in groups(samples):
-                logger.info("eval_longcontext: %s at length %d: %d sample(s)", task, length, len(members))
-
-                requests = [ReadRequest(s.id, s.question, iter_context(s, store)) for s in members]
-                for sample, result in zip(members, read(requests, backend, cfg.reader, encode, decode), strict=True):
-                    rows.append(eval_row(sample, "memagent", result.answer, result.input_tokens, False))
-                if cfg.eval.baseline:
-                    shown = [baseline_request(s, store, backend, cfg.reader, window, encode, decode) for s in members]
-                    answers = full_context_answer([r for r, _ in shown], backend, cfg.reader, encode, decode, window)
-                    for sample, (_, cut), answer in zip(members, shown, answers, strict=True):
-                        truncated = cut or answer.truncated
-                        rows.append(eval_row(sample, "full_context", answer.answer, sample.length_tokens, truncated))
+            requests = [ReadRequest(s.id, s.question, iter_context(s, store)) for s in ordered]
+            results = read(requests, backend, cfg.reader, encode, decode)
+            by_method = [
+                [
+                    eval_row(s, "memagent", r.answer, r.input_tokens, False)
+                    for s, r in zip(ordered, results, strict=True)
+                ]
+            ]
+            if cfg.eval.baseline:
+                shown = [baseline_request(s, store, backend, cfg.reader, window, encode, decode) for s in ordered]
+                answers = full_context_answer([r for r, _ in shown], backend, cfg.reader, encode, decode, window)
+                by_method.append(
+                    [
+                        eval_row(s, "full_context", a.answer, s.length_tokens, cut or a.truncated)
+                        for s, (_, cut), a in zip(ordered, shown, answers, strict=True)
+                    ]
+                )
     finally:
         backend.close()
+    return in_group_order([len(members) for _, members in grouped], by_method)
+
+
+def in_group_order(sizes: Sequence[int], by_method: Sequence[Sequence[EvalRow]]) -> list[EvalRow]:
+    """Rows of consecutive groups of ``sizes``: each group's rows of the first method, then of the next, ..."""
+    rows: list[EvalRow] = []
+    start = 0
+    for size in sizes:
+        for method_rows in by_method:
+            rows.extend(method_rows[start : start + size])
+        start += size
     return rows
 
 
