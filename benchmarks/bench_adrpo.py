@@ -115,6 +115,7 @@ def run_trainer(kind: str, cfg: Any, rows: list[dict[str, Any]], steps: int) -> 
     from components.llm.model_assets import load_model_folder, normalise_tokenizer
     from components.rewards import make_judge
     from components.training import adrpo
+    from components.training.adrpo_trainer import ADRPOTrainer
     from components.training.callbacks import TrainingLog, log_forwarder
 
     model, tokenizer = load_model_folder(cfg.model_name_or_path, "float32")
@@ -134,7 +135,7 @@ def run_trainer(kind: str, cfg: Any, rows: list[dict[str, Any]], steps: int) -> 
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
         reward = adrpo.ADRPOReward(cfg, make_judge(cfg), count_tokens, MemoryConfig(embedder="hashing"))
-        trainer = adrpo.ADRPOTrainer(**common, adrpo_reward=reward)
+        trainer = ADRPOTrainer(**common, adrpo_reward=reward)
         trainer.train()
         reward_seconds = reward.call_seconds
     else:

@@ -88,7 +88,7 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert trained.metrics["steps"] == 2 and trained.metrics["questions"] == 2
     assert (tmp_path / "models/memagent/config.json").is_file()
     checkpoints = {p.name for p in (tmp_path / "checkpoints/memagent").iterdir()}
-    assert {"checkpoint-1", "checkpoint-2", FINGERPRINT_FILE} <= checkpoints
+    assert {"checkpoint-2", FINGERPRINT_FILE} <= checkpoints and "checkpoint-1" not in checkpoints  # the latest only
     assert not any(p.name.startswith("checkpoint") for p in (tmp_path / "models/memagent").iterdir())
     report = json.loads((tmp_path / "reports/memagent_train.json").read_text(encoding="utf-8"))
     assert report["steps"] == 2.0 and "final_reward_mean" in report

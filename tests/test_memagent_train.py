@@ -423,12 +423,11 @@ def test_grpo_args_come_from_the_shared_builder_plus_memagent_fields(tmp_path: P
         bf16=True,
         logging_steps=1,
         save_steps=2,
-        keep_checkpoints=None,
         cuda=cuda,
     )
     assert {key: getattr(args, key) for key in shared} == {**shared, "report_to": []}  # TRL reads "none" as []
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
-    assert args.bf16 is cuda and args.use_cpu is not cuda and args.save_total_limit is None  # every checkpoint kept
+    assert args.bf16 is cuda and args.use_cpu is not cuda and args.save_total_limit == 1  # the latest kept
     assert (args.num_generations, args.beta, args.epsilon, args.loss_type, args.learning_rate) == (
         4,
         1e-3,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from components.config import ADRPOConfig, BackendConfig
+from components.errors import ConfigError
 from components.memory.bank import MemoryBank
 from components.memory.embedder import EmbeddingCache, HashingEmbedder
 from components.memory.types import PARTS
@@ -393,15 +394,18 @@ def test_stats_for_mlflow(cache) -> None:
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
 
 
-def test_invalid_config_is_rejected(cache) -> None:
-    for bad in (
-        ADRPOConfig(length_penalty_lambda=1.5),
-        ADRPOConfig(core_penalty_tokens=(400, 150)),
-        ADRPOConfig(length_ratio_free=(0.5,)),
-        ADRPOConfig(attribution_alpha=0.5),
-    ):
-        with pytest.raises(ValueError):  # noqa: PT011 - each message names its own field
-            score_groups(make_groups(cache), CountingJudge(), bad, count_tokens)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("length_penalty_lambda", 1.5),
+        ("core_penalty_tokens", (400, 150)),
+        ("length_ratio_free", (0.5,)),
+        ("attribution_alpha", 0.5),
+    ],
+)
+def test_invalid_reward_settings_are_refused_when_the_config_is_built(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ADRPOConfig(**{field: value})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ session groups (``components.rewards.rollouts.SessionGroup``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -194,21 +193,15 @@ class _Settings:
 
 
 def _settings(cfg: ADRPOConfig) -> _Settings:
-    lam = float(cfg.length_penalty_lambda)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"length_penalty_lambda must be in [0, 1], got {lam}")
-    if cfg.attribution not in ATTRIBUTION_MODES:
-        raise ValueError(f"unknown attribution {cfg.attribution!r}; expected one of {', '.join(ATTRIBUTION_MODES)}")
-    core = tuple(cfg.core_penalty_tokens)
-    free = tuple(cfg.length_ratio_free)
-    if len(core) != 2 or len(free) != 2:
-        raise ValueError(f"core_penalty_tokens and length_ratio_free need two values each, got {core} and {free}")
-    core_length_penalty(0, int(core[0]), int(core[1]))  # validates the pairs
-    ratio_length_penalty(1, 1, free)
-    if not (math.isfinite(cfg.attribution_alpha) and cfg.attribution_alpha >= 1):
-        raise ValueError(f"attribution_alpha must be >= 1, got {cfg.attribution_alpha}")
-    core_pair, free_pair = (int(core[0]), int(core[1])), (float(free[0]), float(free[1]))
-    return _Settings(lam, core_pair, free_pair, float(cfg.attribution_alpha), cfg.attribution)
+    """The reward settings of ``cfg`` (ADRPOConfig checked their ranges when it was built)."""
+    core, free = cfg.core_penalty_tokens, cfg.length_ratio_free
+    return _Settings(
+        float(cfg.length_penalty_lambda),
+        (int(core[0]), int(core[1])),
+        (float(free[0]), float(free[1])),
+        float(cfg.attribution_alpha),
+        cfg.attribution,
+    )
 
 
 class _Memo:

@@ -83,11 +83,10 @@ def grpo_args(cfg: MemAgentTrainConfig, reader: ReaderConfig) -> Any:
     """``trl.GRPOConfig`` (``grpo_arguments``: precision, activation checkpointing, vLLM, logging, checkpoints in
     ``cfg.checkpoint_dir``, seed) with MemAgent's own fields: ``questions_per_step`` x G trajectories per optimizer
     step, questions shuffled, completions as long as the longer of a memory and an answer, no vLLM importance
-    sampling (the hook does not pass vLLM's sampling log-probs on), and every checkpoint kept."""
+    sampling (the hook does not pass vLLM's sampling log-probs on); the latest checkpoint kept, as ADRPO does."""
     return grpo_arguments(
         cfg,
         "memagent.train",
-        keep_checkpoints=None,
         max_completion_length=max(reader.memory_tokens, reader.answer_tokens),
         per_device_train_batch_size=cfg.questions_per_step * cfg.num_generations,
         shuffle_dataset=True,
