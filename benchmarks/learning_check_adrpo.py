@@ -235,8 +235,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from components.config import load_params
-    from components.stages.adrpo import load_prompts, prompts_path
-    from components.training.adrpo import train_adrpo
+    from components.stages.adrpo import prompts_path
+    from components.training.adrpo import load_prompts, train_adrpo
 
     params = load_params("params.yaml")
     check_inputs(params)

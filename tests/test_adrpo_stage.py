@@ -39,6 +39,7 @@ from components.config import (
 from components.errors import InputError
 from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder
 from components.memory.types import PARTS
+from components.rewards import judges
 from components.stages import adrpo as adrpo_stage
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
@@ -227,18 +228,18 @@ def test_llm_judge_uses_the_configured_backends_and_closes_them(
         adrpo=replace(stage_params.adrpo, judge="llm", max_steps=1, save_steps=0),
         backends=BackendsConfig(answerer=answerer, judge=replace(answerer, max_new_tokens=2)),
     )
-    judge, backends = adrpo_stage.build_judge(params)
+    judge, backends = judges.build_judge(params)
     assert isinstance(judge, LLMJudge) and len(backends) == 2
     assert [b.cfg for b in backends] == [params.backends.answerer, params.backends.judge]
     for backend in backends:
         backend.close()
     same = replace(params, backends=BackendsConfig(answerer=answerer, judge=answerer))
-    judge, backends = adrpo_stage.build_judge(same)
+    judge, backends = judges.build_judge(same)
     assert len(backends) == 1 and judge.answerer is judge.judge_backend
     backends[0].close()
 
     built: list = []
-    real = adrpo_stage.build_judge
+    real = judges.build_judge
     monkeypatch.setattr(adrpo_stage, "build_judge", lambda p: built.append(real(p)) or built[-1])
     result = run_stage("adrpo", params)
     assert result.metrics["steps"] == 1 and result.metrics["final_judge_calls"] == 1

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from components.config import Params
 from components.memory.bank import MemoryBank
 from components.memory.prompts import NOT_ANSWERABLE, Message, answer_messages
 from components.memory.types import MemoryEntry, MemoryPart
@@ -286,3 +287,22 @@ def make_judge(
             raise ValueError("adrpo.judge is 'llm': pass the answerer and judge backends")
         return LLMJudge(answerer, judge_backend, cfg.answer_top_k)
     raise ValueError(f"unknown judge {cfg.judge!r}; expected containment or llm")
+
+
+def build_judge(params: Params) -> tuple[ContainmentJudge | LLMJudge, list[GenerationBackend]]:
+    """``(judge, backends to close)`` for ``adrpo.judge``; ``llm`` builds ``backends.answerer`` and ``backends.judge``
+    (one backend when both are configured alike)."""
+    cfg = params.adrpo
+    if cfg.judge != "llm":
+        return make_judge(cfg), []
+    from components.llm.backends import create_backend
+
+    answerer = create_backend(params.backends.answerer)
+    try:
+        same = params.backends.judge == params.backends.answerer
+        judge_backend = answerer if same else create_backend(params.backends.judge)
+    except BaseException:
+        answerer.close()
+        raise
+    backends = [answerer] if same else [answerer, judge_backend]
+    return make_judge(cfg, answerer, judge_backend), backends

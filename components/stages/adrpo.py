@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.errors import InputError
+from components.rewards.judges import build_judge
 from components.tracking.publish import StageResult
 from components.tracking.runs import StageRun
 
@@ -33,55 +33,6 @@ COMPLETIONS_TABLE = "adrpo/completions.json"
 def prompts_path(params: Params) -> Path:
     """The synth_qa prompts dataset: ``{synth_qa.output_dir}/prompts``."""
     return Path(params.synth_qa.output_dir) / PROMPTS_DIR
-
-
-def load_prompts(path: str | Path, splits: Sequence[str]) -> Any:
-    """The prompts dataset at ``path`` restricted to ``splits``; an ``InputError`` naming ``path`` when it is
-    missing, unreadable, malformed or holds no row of those splits."""
-    from datasets import Dataset, load_from_disk
-
-    folder = Path(path)
-    if not (folder / "dataset_info.json").is_file() and not (folder / "state.json").is_file():
-        raise InputError(folder, "no prompts dataset here; run the synth_qa stage (it joins the RL prompts)")
-    try:
-        dataset = load_from_disk(str(folder), keep_in_memory=True)  # never write cache files into a DVC output
-    except Exception as exc:  # datasets raises FileNotFoundError, ValueError or pyarrow errors
-        raise InputError(folder, f"cannot load the prompts dataset: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(dataset, Dataset):
-        raise InputError(folder, f"expected one dataset with a 'split' column, found {type(dataset).__name__}")
-    needed = {"prompt", "part", "split", "expert_output", "memory_before", "session", "questions"}
-    missing = sorted(needed - set(dataset.column_names))
-    if missing:
-        raise InputError(folder, f"the prompts dataset lacks column(s) {', '.join(missing)}; rerun synth_qa")
-    wanted = set(splits)
-    kept = dataset.filter(lambda split: split in wanted, input_columns="split", keep_in_memory=True)
-    if len(kept) == 0:
-        present = ", ".join(sorted(set(dataset["split"]))) or "none"
-        raise InputError(
-            folder, f"no prompts of adrpo.splits {sorted(wanted)} (splits present: {present}); check expert.splits"
-        )
-    return kept
-
-
-def build_judge(params: Params) -> tuple[Any, list[Any]]:
-    """``(judge, backends to close)`` for ``adrpo.judge``; ``llm`` builds ``backends.answerer`` and ``backends.judge``
-    (one backend when both are configured alike)."""
-    from components.rewards import make_judge
-
-    cfg = params.adrpo
-    if cfg.judge != "llm":
-        return make_judge(cfg), []
-    from components.llm.backends import create_backend
-
-    answerer = create_backend(params.backends.answerer)
-    try:
-        same = params.backends.judge == params.backends.answerer
-        judge_backend = answerer if same else create_backend(params.backends.judge)
-    except BaseException:
-        answerer.close()
-        raise
-    backends = [answerer] if same else [answerer, judge_backend]
-    return make_judge(cfg, answerer, judge_backend), backends
 
 
 def reward_figure(points: Sequence[Mapping[str, float]], title: str) -> Any:
@@ -109,7 +60,7 @@ def completions_table(rows: Sequence[Mapping[str, Any]], limit: int) -> list[dic
 def run(params: Params, tracked: StageRun) -> StageResult:
     """Train ``adrpo.model_name_or_path`` with ADRPO on the synth_qa prompts of ``adrpo.splits``."""
     from components.llm.model_assets import MODEL_CARD_FILE
-    from components.training.adrpo import train_adrpo
+    from components.training.adrpo import load_prompts, train_adrpo
 
     cfg = params.adrpo
     source = prompts_path(params)

@@ -68,7 +68,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from components.config import ADRPOConfig, MemoryConfig
-from components.errors import MemforgeError
+from components.errors import InputError, MemforgeError
 from components.memory.types import PARTS
 from components.rewards import (
     BatchLayout,
@@ -427,3 +427,31 @@ def _warn_long_prompts(rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_pr
         logger.warning(
             "adrpo: %d prompt(s) exceed max_prompt_length=%d tokens (not truncated)", long, max_prompt_length
         )
+
+
+def load_prompts(path: str | Path, splits: Sequence[str]) -> Any:
+    """The prompts dataset at ``path`` restricted to ``splits``; an ``InputError`` naming ``path`` when it is
+    missing, unreadable, malformed or holds no row of those splits."""
+    from datasets import Dataset, load_from_disk
+
+    folder = Path(path)
+    if not (folder / "dataset_info.json").is_file() and not (folder / "state.json").is_file():
+        raise InputError(folder, "no prompts dataset here; run the synth_qa stage (it joins the RL prompts)")
+    try:
+        dataset = load_from_disk(str(folder), keep_in_memory=True)  # never write cache files into a DVC output
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError or pyarrow errors
+        raise InputError(folder, f"cannot load the prompts dataset: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(dataset, Dataset):
+        raise InputError(folder, f"expected one dataset with a 'split' column, found {type(dataset).__name__}")
+    needed = {"prompt", "part", "split", "expert_output", "memory_before", "session", "questions"}
+    missing = sorted(needed - set(dataset.column_names))
+    if missing:
+        raise InputError(folder, f"the prompts dataset lacks column(s) {', '.join(missing)}; rerun synth_qa")
+    wanted = set(splits)
+    kept = dataset.filter(lambda split: split in wanted, input_columns="split", keep_in_memory=True)
+    if len(kept) == 0:
+        present = ", ".join(sorted(set(dataset["split"]))) or "none"
+        raise InputError(
+            folder, f"no prompts of adrpo.splits {sorted(wanted)} (splits present: {present}); check expert.splits"
+        )
+    return kept
