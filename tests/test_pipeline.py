@@ -115,7 +115,8 @@ def assert_deep_change_reruns_its_stages(repo: Path, dvc: str, module: Path) -> 
         assert changed == covering, changed
         dry = _run([dvc, "repro", "--dry"], repo).stdout
         would_run = {stage for stage in ALL_STAGES if f"Running stage '{stage}'" in dry}
-        assert would_run == covering | downstream(spec, covering), dry
+        # a dry run cannot know which outputs will change, so downstream stages show only when their deps did
+        assert covering <= would_run <= covering | downstream(spec, covering), dry
         assert would_run != set(ALL_STAGES)
     finally:
         source.write_text(original, encoding="utf-8")
