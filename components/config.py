@@ -434,7 +434,7 @@ class SFTConfig:
     learning_rate: float = _f(1e-5, "Learning rate.")
     epochs: float = _f(1.0, "Epochs over the trajectories.")
     max_steps: int = _f(
-        4, "Stop after this many optimizer steps (-1 = run the epochs). The CPU default is a smoke run."
+        2, "Stop after this many optimizer steps (-1 = run the epochs). The CPU default is a smoke run."
     )
     per_device_batch_size: int = _f(2, "Batch size per device.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
@@ -493,7 +493,7 @@ class GRPOSettings:
     )
     temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0).")
     top_p: float = _f(1.0, "Nucleus sampling of the rollouts, in (0, 1].")
-    max_steps: int = _f(2, "Optimizer steps.")
+    max_steps: int = _f(1, "Optimizer steps.")
     save_steps: int = _f(1, "Checkpoint every N steps; a rerun resumes from the latest (0 = no checkpoints).")
     seed: int = _f(42, "Training seed (also orders the training data; ADRPO shuffles whole sessions with it).")
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (needs a CUDA GPU).")
@@ -530,7 +530,7 @@ class ADRPOConfig(GRPOSettings):
     """adrpo: GRPO with dense, attributed rewards (MemBuilder)."""
 
     model_name_or_path: str = _with_default(GRPOSettings, "model_name_or_path", "models/sft")
-    save_steps: int = _with_default(GRPOSettings, "save_steps", 2)
+    save_steps: int = _with_default(GRPOSettings, "save_steps", 1)
     checkpoint_dir: str = _with_default(GRPOSettings, "checkpoint_dir", "checkpoints/adrpo")
     length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty), in [0, 1].")
     core_penalty_tokens: tuple[int, ...] = _f(
