@@ -77,38 +77,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def trained_inputs(tmp_path: Path, fixtures_dir: Path) -> Params:
+def trained_inputs(tmp_path: Path) -> Params:
     """Dialogues and expert trajectories on disk for a small synthetic + hand-written corpus."""
-    from components.config import (
-        ExpertConfig,
-        IngestConfig,
-        MemoryConfig,
-        Params,
-        SourceConfig,
-        SyntheticConfig,
-        SynthQAConfig,
-    )
     from components.datasets import ingest as ingestion
     from components.memory import trajectories
+    from tests.helpers import small_corpus_params
 
-    params = Params(
-        ingest=IngestConfig(
-            sources=(SourceConfig("jsonl", str(fixtures_dir / "conversations.jsonl")), SourceConfig("synthetic", "")),
-            synthetic=SyntheticConfig(num_conversations=10, sessions_per_conversation=4),
-            output_dir=str(tmp_path / "data" / "dialogues"),
-            report_path=str(tmp_path / "reports" / "ingest_quality.json"),
-        ),
-        memory=MemoryConfig(embedder="hashing"),
-        expert=ExpertConfig(
-            output_dir=str(tmp_path / "data" / "trajectories"), report_path=str(tmp_path / "reports" / "expert.json")
-        ),
-        synth_qa=SynthQAConfig(
-            output_dir=str(tmp_path / "data" / "qa"),
-            report_path=str(tmp_path / "reports" / "synth_qa.json"),
-            mix_tolerance=0.25,
-            max_uncovered_fraction=0.1,  # the hand-written injection-only session has nothing to ask about
-        ),
-    )
+    params = small_corpus_params(tmp_path)
     ingestion.ingest(params.ingest)
     trajectories.expert(params)
     return params

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from components.config import MemoryConfig
+from components.config import MemoryConfig, Params
 from components.dialogue.schema import Session, Turn, session_to_dict
 from components.memory.bank import MemoryBank
 from components.memory.embedder import EmbeddingCache
@@ -190,3 +190,28 @@ def session_prompt_rows(cache: EmbeddingCache) -> dict[tuple[str, str], dict]:
                 ],
             }
     return rows
+
+
+def small_corpus_params(root: Path) -> Params:
+    """Params for the fixtures' hand-written conversations plus 10 synthetic ones, every output under ``root``:
+    the small corpus the ingest -> expert -> synth_qa fixtures build on."""
+    from components.config import ExpertConfig, IngestConfig, SourceConfig, SyntheticConfig, SynthQAConfig
+
+    return Params(
+        ingest=IngestConfig(
+            sources=(SourceConfig("jsonl", str(FIXTURES / "conversations.jsonl")), SourceConfig("synthetic", "")),
+            synthetic=SyntheticConfig(num_conversations=10, sessions_per_conversation=4),
+            output_dir=str(root / "data" / "dialogues"),
+            report_path=str(root / "reports" / "ingest_quality.json"),
+        ),
+        memory=MemoryConfig(embedder="hashing"),
+        expert=ExpertConfig(
+            output_dir=str(root / "data" / "trajectories"), report_path=str(root / "reports" / "expert.json")
+        ),
+        synth_qa=SynthQAConfig(
+            output_dir=str(root / "data" / "qa"),
+            report_path=str(root / "reports" / "synth_qa.json"),
+            mix_tolerance=0.25,
+            max_uncovered_fraction=0.1,  # the hand-written injection-only session has nothing to ask about
+        ),
+    )

@@ -28,13 +28,7 @@ from components.config import (
     ADRPOConfig,
     BackendConfig,
     BackendsConfig,
-    ExpertConfig,
-    IngestConfig,
-    MemoryConfig,
     Params,
-    SourceConfig,
-    SyntheticConfig,
-    SynthQAConfig,
 )
 from components.errors import InputError
 from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder
@@ -44,7 +38,7 @@ from components.stages import adrpo as adrpo_stage
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
 from components.training import adrpo
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, small_corpus_params
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +48,7 @@ def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Params:
     from components.datasets import synth_qa as qa_dataset
     from components.memory import trajectories
 
-    root = tmp_path_factory.mktemp("adrpo-inputs")
-    fixtures = Path(__file__).resolve().parent / "fixtures"
-    params = Params(
-        ingest=IngestConfig(
-            sources=(SourceConfig("jsonl", str(fixtures / "conversations.jsonl")), SourceConfig("synthetic", "")),
-            synthetic=SyntheticConfig(num_conversations=10, sessions_per_conversation=4),
-            output_dir=str(root / "data" / "dialogues"),
-            report_path=str(root / "reports" / "ingest_quality.json"),
-        ),
-        memory=MemoryConfig(embedder="hashing"),
-        expert=ExpertConfig(
-            output_dir=str(root / "data" / "trajectories"), report_path=str(root / "reports" / "expert.json")
-        ),
-        synth_qa=SynthQAConfig(
-            output_dir=str(root / "data" / "qa"),
-            report_path=str(root / "reports" / "synth_qa.json"),
-            mix_tolerance=0.25,
-            max_uncovered_fraction=0.1,
-        ),
-    )
+    params = small_corpus_params(tmp_path_factory.mktemp("adrpo-inputs"))
     ingestion.ingest(params.ingest)
     trajectories.expert(params)
     qa_dataset.synth_qa(params)
