@@ -128,7 +128,9 @@ def _shares(section: Any, *names: str) -> None:
 
 SplitName = Literal["sft", "rl", "eval"]  # the dialogue splits (dialogue.splits.SPLIT_NAMES)
 NeedleTask = Literal["single", "multikey", "multivalue", "multiquery"]  # longcontext.needle.TASK_SHAPES
-EvalSet = Literal["hotpotqa", "squad", "needle"]  # stages.eval_longcontext.SET_FILES
+EvalSet = Literal["hotpotqa", "squad", "needle"]  # longcontext.build.EVAL_SET_FILES
+DialogueBaseline = Literal["full_context", "rag", "expert"]  # evaluation.dialogue.BASELINES
+AnswerJudgeName = Literal["containment", "f1", "em", "llm"]  # evaluation.judges.JUDGES
 
 
 @dataclass(frozen=True)
@@ -672,6 +674,98 @@ class MemAgentConfig:
 
 
 @dataclass(frozen=True)
+class EvalDialogueConfig:
+    """eval_dialogue: memory writers answering questions about long conversations, against baselines."""
+
+    writers: tuple[str, ...] = _f(
+        ("models/adrpo", "models/sft", "models/base"),
+        "Memory writers (model folders), each writing memory session by session. The first is the evaluated model: "
+        "its scores are the headline ('score') and go to the registry; the others are comparison writers.",
+    )
+    baselines: tuple[DialogueBaseline, ...] = _f(
+        ("full_context", "rag", "expert"),
+        "Baselines answered by the same answerer and judged by the same judges: full_context (the whole "
+        "conversation, middle-truncated to the answerer's window), rag (top_k raw turns, same embedder), "
+        "expert (memory written by the expert teacher: the reference upper bound).",
+    )
+    splits: tuple[SplitName, ...] = _f(("eval",), "Held-out ingest splits to evaluate (the training splits never).")
+    sources: tuple[SourceConfig, ...] = _f(
+        (),
+        "Extra evaluation sources in any ingest format (a LoCoMo release file, LongMemEval JSON, memforge JSON "
+        "Lines), evaluated beside the splits; they never enter the training splits.",
+    )
+    judges: tuple[AnswerJudgeName, ...] = _f(
+        ("containment", "f1", "em"),
+        "Judges, each reported: containment (gold in the answer, whole words), f1 and em (normalised, SQuAD "
+        "style), llm (backends.judge, LoCoMo-style generous rubric). Abstention counts only when the gold abstains.",
+    )
+    primary_judge: AnswerJudgeName = _f("containment", "The judge behind the headline 'score' (one of judges).")
+    top_k: int = _f(10, "Memory entries (or raw turns, for rag) retrieved per question.")
+    max_conversations: int = _f(2, "Conversations evaluated, a seeded sample (0 = all).")
+    max_questions: int = _f(10, "Questions per conversation, a seeded sample (0 = all).")
+    seed: int = _f(0, "Seed of the conversation and question samples.")
+    writer_backend: Literal["transformers", "vllm"] = _f("transformers", "Generation engine of the writers.")
+    writer_max_new_tokens: int = _f(192, "Most tokens a memory agent writes per session.")
+    writer_batch_size: int = _f(16, "Agent prompts per forward batch (transformers).")
+    writer_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "Writer weights dtype (float32 on CPU when auto)."
+    )
+    answer_max_new_tokens: int = _f(32, "Most tokens per answer (overrides backends.answerer.max_new_tokens).")
+    full_context_tokens: int = _f(
+        0, "Window of the full-context baseline in tokens, prompt included (0 = model.max_context_tokens)."
+    )
+    report_path: str = _f("reports/eval_dialogue.json", "Accuracy per method, judge and category (a DVC metrics file).")
+    rows_path: str = _f(
+        "reports/eval_dialogue_rows.jsonl", "Per-question rows: prediction, retrieved entries, verdict per judge."
+    )
+    plot_path: str = _f("reports/eval_dialogue_plot.json", "Accuracy per category and method (a DVC plot table).")
+
+    def __post_init__(self) -> None:
+        _nonempty(self, "writers", "judges")
+        _distinct(self, "writers", "baselines", "splits", "judges")
+        _require(bool(self.splits or self.sources), "splits", "list a split or a source to evaluate")
+        _require(
+            self.primary_judge in self.judges,
+            "primary_judge",
+            f"must be one of judges ({', '.join(self.judges)}), got {self.primary_judge!r}",
+        )
+        _at_least(self, 1, "top_k", "writer_max_new_tokens", "writer_batch_size", "answer_max_new_tokens")
+        _at_least(self, 0, "max_conversations", "max_questions", "full_context_tokens")
+        _seeds(self, "seed")
+
+
+@dataclass(frozen=True)
+class RegisteredModelConfig:
+    """One model in the MLflow registry and the rule that promotes its versions."""
+
+    name: str = _f("memforge-membuilder", "Registered model name.")
+    metric: str = _f(
+        "score/containment", "The evaluation metric promotion compares: its '/'-joined key in the stage's report."
+    )
+    greater_is_better: bool = _f(True, "Whether a higher metric is better.")
+    margin: float = _f(0.0, "The challenger replaces the champion only when better by more than this.")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", "must not be empty")
+        _require(bool(self.metric.strip()), "metric", "must not be empty")
+        _at_least(self, 0, "margin")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """register: log the trained models to the MLflow registry (alias 'challenger'); ``memforge promote``."""
+
+    membuilder: RegisteredModelConfig = _nested(
+        RegisteredModelConfig, "The memory writer (adrpo.output_dir), scored by eval_dialogue."
+    )
+    memagent: RegisteredModelConfig = _nested(
+        lambda: RegisteredModelConfig(name="memforge-memagent", metric="mean/memagent/mean_correct"),
+        "The long-context reader (memagent.train.output_dir), scored by eval_longcontext.",
+    )
+    report_path: str = _f("reports/register.json", "Registered versions (a DVC metrics file).")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking shared by every stage."""
 
@@ -708,6 +802,8 @@ class Params:
     adrpo: ADRPOConfig = _nested(ADRPOConfig, "ADRPO training (adrpo).")
     longcontext: LongContextConfig = _nested(LongContextConfig, "Long-context sets (longcontext_data).")
     memagent: MemAgentConfig = _nested(MemAgentConfig, "MemAgent reader, training and evaluation.")
+    eval_dialogue: EvalDialogueConfig = _nested(EvalDialogueConfig, "Dialogue QA evaluation (eval_dialogue).")
+    register: RegisterConfig = _nested(RegisterConfig, "MLflow model registry and promotion (register, promote).")
     tracking: TrackingConfig = _nested(TrackingConfig, "MLflow tracking.")
     pipeline: PipelineConfig = _nested(PipelineConfig, "Prefect pipeline.")
 

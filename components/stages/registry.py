@@ -80,6 +80,23 @@ STAGES: tuple[Stage, ...] = (
         ("memagent",),
         gpu=True,
     ),
+    Stage(
+        "eval_dialogue",
+        "dialogue QA from memory: trained writers against baselines",
+        (
+            "eval_dialogue",
+            "memory",
+            "expert.teacher",
+            "backends.teacher",
+            "backends.answerer",
+            "backends.judge",
+            "model.max_context_tokens",
+        ),
+        ("membuilder",),
+        gpu=True,
+    ),
+    # Both trained models and both evaluations: part of the whole pipeline only.
+    Stage("register", "log both trained models to the MLflow registry (alias challenger)", ("register",), ()),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 
