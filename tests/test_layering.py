@@ -18,6 +18,7 @@ from tests.helpers import REPO_ROOT
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),  # the `memforge` command line
     ("stages",),  # one module per DVC stage, the stage registry, runner and import closure
+    ("model_registry",),  # the MLflow model registry: pyfunc models, registration, promotion, models:/ URIs
     ("training",),  # TRL trainers: SFT, ADRPO, MemAgent's multi-conversation GRPO; checkpoints and saving
     ("rewards",),  # ADRPO rewards: format gate, penalties, judges, attribution, advantages
     ("evaluation",),  # evaluation reports and tables
