@@ -156,8 +156,9 @@ def test_evaluation_reads_all_groups_side_by_side_with_the_answers_of_one_group_
 ) -> None:
     """Greedy answers and rows do not depend on which questions are batched together; the generate calls drop
     from one set per (task, length) group to one per chunk step, one for the answers and one for the baseline."""
+    from components.evaluation.longcontext import evaluate, groups, load_eval_samples
     from components.llm.backends import TransformersBackend
-    from components.stages.eval_longcontext import evaluate, groups, load_eval_samples, set_paths
+    from components.stages.eval_longcontext import set_paths
     from tests.llm_fixtures import build_chatty_model
 
     chatty = build_chatty_model(tiny_model_dir, tmp_path / "chatty")

@@ -21,7 +21,8 @@ class StageResult:
 
     ``metrics`` is the DVC metrics file (values comparable across runs and experiments; may nest), written to
     ``metrics_path``. ``timings`` are wall-clock measurements: they change on every run, so they go to MLflow only.
-    ``plots`` and ``reports`` map a file path to the JSON written there (plot rows for ``dvc plots``; other reports).
+    ``plots`` and ``reports`` map a file path to the JSON written there (plot rows for ``dvc plots``; other reports);
+    ``lines`` maps a file path to the records written there as JSON Lines (per-question rows).
     ``artifacts`` are ``(local path, MLflow artifact folder)`` pairs logged as they are; ``figures`` (from
     ``components.plots``) and ``tables`` (rows) map an MLflow artifact file to its content.
     """
@@ -31,6 +32,7 @@ class StageResult:
     timings: Mapping[str, float] = field(default_factory=dict)
     plots: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     reports: Mapping[str, Any] = field(default_factory=dict)
+    lines: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     artifacts: Sequence[tuple[str, str]] = ()
     figures: Mapping[str, Any] = field(default_factory=dict)
     tables: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
@@ -42,7 +44,7 @@ class StageResult:
 
     def written_files(self) -> list[str]:
         """Every file ``publish`` writes, metrics first."""
-        return [self.metrics_path, *self.plots, *self.reports]
+        return [self.metrics_path, *self.plots, *self.reports, *self.lines]
 
 
 def numeric_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -59,12 +61,16 @@ def numeric_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float
 
 def publish(tracked: StageRun, stage: str, result: StageResult) -> None:
     """Write the result's DVC files and log everything to the stage's MLflow run (artifacts under ``stage/``)."""
-    from components.io import write_json_atomic
+    from components.io import atomic_writer, dumps_jsonl_record, write_json_atomic
     from components.plots import close
 
     contents = {result.metrics_path: result.metrics, **result.plots, **result.reports}
     for path, content in contents.items():
         write_json_atomic(path, content)
+    for path, records in result.lines.items():
+        with atomic_writer(path) as handle:
+            for record in records:
+                handle.write(dumps_jsonl_record(dict(record)))
     tracked.log_metrics(result.logged_metrics())
     for path in result.written_files():
         tracked.log_artifact(path, stage)
