@@ -23,7 +23,15 @@ from components.tracking.publish import StageResult, numeric_leaves, publish
 
 STAGES_DIR = Path(__file__).resolve().parent.parent / "components" / "stages"
 # what only the runner and the publishing helper do
-PUBLISHING_CALLS = {"write_json_atomic", "log_metrics", "log_figure", "log_table", "log_artifact", "stage_run"}
+PUBLISHING_CALLS = {
+    "write_json_atomic",
+    "atomic_writer",
+    "log_metrics",
+    "log_figure",
+    "log_table",
+    "log_artifact",
+    "stage_run",
+}
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
@@ -76,6 +84,7 @@ def test_publish_writes_the_dvc_files_and_logs_the_same_to_mlflow(tmp_path: Path
         timings={"seconds": 1.5},
         plots={str(tmp_path / "reports/demo_curve.json"): [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]},
         reports={str(tmp_path / "reports/demo_validation.json"): {"success": True}},
+        lines={str(tmp_path / "reports/demo_rows.jsonl"): [{"id": "a", "ok": True}, {"id": "b", "ok": False}]},
         artifacts=[(str(card), "model"), (str(tmp_path / "absent.json"), "model")],
         figures={"demo/curve.png": line_chart({"demo": {"loss": [(1, 2.0), (2, 1.0)]}}, "demo", "step", "loss")},
         tables={"demo/rows.json": [{"a": 1}, {"a": 2}], "demo/empty.json": []},
@@ -88,6 +97,8 @@ def test_publish_writes_the_dvc_files_and_logs_the_same_to_mlflow(tmp_path: Path
     assert json.loads(Path(result.metrics_path).read_text()) == {"rows": 3, "by_split": {"sft": 2}}
     assert json.loads((tmp_path / "reports/demo_curve.json").read_text())[1] == {"step": 2, "loss": 1.0}
     assert json.loads((tmp_path / "reports/demo_validation.json").read_text()) == {"success": True}
+    lines = (tmp_path / "reports/demo_rows.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"id": "a", "ok": True}, {"id": "b", "ok": False}]
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking))
     run = client.get_run(run_id)
     assert run.data.metrics == {"rows": 3.0, "by_split/sft": 2.0, "seconds": 1.5}
@@ -97,6 +108,7 @@ def test_publish_writes_the_dvc_files_and_logs_the_same_to_mlflow(tmp_path: Path
         "demo/demo.json",
         "demo/demo_curve.json",
         "demo/demo_validation.json",
+        "demo/demo_rows.jsonl",
         "demo/curve.png",
         "demo/rows.json",
         "model/card.json",
