@@ -220,6 +220,19 @@ def context_text(
     return _fit(head[:head_budget], tail, max_tokens, encode, decode)
 
 
+def middle_cut(text: str, max_tokens: int, encode: Encode, decode: Decode) -> str:
+    """``text`` when it has at most ``max_tokens`` tokens; else its middle cut out as ``context_text`` cuts an input
+    (the first ``max_tokens // 2`` and the last ``max_tokens - max_tokens // 2`` tokens kept, then shortened until
+    the result re-encodes to at most ``max_tokens`` tokens)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    ids = encode(text)
+    if len(ids) <= max_tokens:
+        return text
+    head = max_tokens // 2
+    return _fit(ids[:head], ids[len(ids) - (max_tokens - head) :], max_tokens, encode, decode)
+
+
 def _fit(head: list[int], tail: list[int], max_tokens: int, encode: Encode, decode: Decode) -> str:
     """``decode(head) + decode(tail)``, shortened until it re-encodes to at most ``max_tokens`` tokens."""
     while True:

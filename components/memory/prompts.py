@@ -109,3 +109,18 @@ def answer_messages(question: str, core: str, retrieved: Sequence[MemoryEntry], 
     memory = "\n\n".join([f"Core memory:\n{core or '(empty)'}", f"Retrieved memories:\n{render_entries(retrieved)}"])
     user = f"{memory}\n\nToday's date: {current_date}\nQuestion: {question}\nAnswer:"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def conversation_answer_messages(question: str, excerpts: str, current_date: str) -> list[Message]:
+    """Chat messages for answering a question from raw conversation text (whole or retrieved turns), the baselines
+    beside answering from memory: the same rules as ``answer_messages``."""
+    system = (
+        "Answer the question using only the conversation below. Give the shortest complete answer (a name, place, "
+        f"date or short phrase), without explanation. If the conversation does not contain the answer, reply "
+        f"exactly: {NOT_ANSWERABLE}\n\n{_DATA_RULE}"
+    )
+    user = (
+        f"Conversation:\n{TRANSCRIPT_OPEN}\n{excerpts}\n{TRANSCRIPT_CLOSE}\n\n"
+        f"Today's date: {current_date}\nQuestion: {question}\nAnswer:"
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
