@@ -243,7 +243,7 @@ def test_prepare_from_tiny_folder(tiny_dir: Path, tmp_path: Path) -> None:
 
     model, tokenizer = load_model_folder(out)
     assert prepared.kind == "folder"
-    assert prepared.source == f"folder {tiny_dir.resolve()}"
+    assert prepared.source == f"folder {tiny_dir}"  # as configured: no absolute path of this machine
     assert prepared.output_dir == str(out)
     assert prepared.parameter_count == sum(p.numel() for p in model.parameters())
     assert prepared.vocab_size == model.config.vocab_size == len(tokenizer) == prepared.tokenizer_size
@@ -263,7 +263,7 @@ def test_prepare_from_tiny_folder(tiny_dir: Path, tmp_path: Path) -> None:
     assert card == prepared.card()
     assert "seconds" not in card  # timings go to MLflow; the folder stays byte-identical for DVC
     assert json.loads(json.dumps(prepared.card())) == card
-    assert read_model_card(out) == dataclasses.replace(prepared, seconds=0.0)
+    assert read_model_card(out) == dataclasses.replace(prepared, seconds=0.0, location="")
     assert tokenizer.chat_template
     produced, _ = _generate(model, tokenizer, "What did I say?", max_new_tokens=3)
     assert produced >= 1
@@ -438,7 +438,7 @@ def test_failure_after_writing_keeps_previous_output(
     with pytest.raises(ModelLoadError, match=r"failed verification \(nothing written to .*base\).*injected"):
         prepare_model(ModelConfig(name_or_path=str(tiny_dir), dtype="bfloat16"), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert read_model_card(out) == dataclasses.replace(first, seconds=0.0)
+    assert read_model_card(out) == dataclasses.replace(first, seconds=0.0, location="")
     assert _leftovers(tmp_path, "base") == []
 
 
@@ -490,6 +490,30 @@ def test_packaged_smollm2_converts_loads_and_chats(tmp_path: Path) -> None:
     assert produced >= 3
     assert "paris" in text.lower()
     assert _leftovers(out.parent, "base") == []
+
+
+def test_prepared_folder_hashes_the_same_from_two_locations(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two checkouts (or two virtual environments) in different places prepare the same models/base, byte for byte:
+    nothing machine-specific, such as an absolute source path, goes into the DVC-tracked folder."""
+    import shutil
+
+    from components.config import ModelConfig
+    from components.llm.model_assets import prepare_model
+    from components.tracking import dvc_digest
+
+    digests = []
+    for checkout in ("first/checkout", "elsewhere/entirely/other"):
+        root = tmp_path / checkout
+        shutil.copytree(tiny_model_dir, root / "assets" / "tiny")
+        monkeypatch.chdir(root)
+        prepared = prepare_model(ModelConfig(name_or_path="assets/tiny"), Path("models/base"))
+        assert prepared.location == str((root / "assets" / "tiny").resolve())  # kept for MLflow, not the card
+        card = (root / "models/base" / MODEL_CARD_FILE).read_text(encoding="utf-8")
+        assert str(tmp_path) not in card
+        digests.append(dvc_digest(root / "models/base"))
+    assert digests[0] == digests[1]
 
 
 def test_prepared_folder_is_byte_identical_across_runs(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -81,17 +81,39 @@ def test_failing_stage_marks_run_failed_with_reason(tracking_config) -> None:
     assert logged.data.tags["memforge.error"] == "bad record"
 
 
-def test_dvc_digest_matches_dvc_for_files_and_prefers_lock(tmp_path: Path) -> None:
+def test_dvc_digest_matches_dvc_and_reads_the_workspace_not_the_lock(tmp_path: Path) -> None:
     file = tmp_path / "x.txt"
     file.write_bytes(b"hello\n")
     assert dvc_digest(file) == "b1946ac92492d2347c6235b4d2611184"  # md5 of b"hello\n"
     folder = tmp_path / "d"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"a")
-    assert dvc_digest(folder).endswith(".dir")
-    lock = tmp_path / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages:\n  s:\n    outs:\n    - path: d\n      md5: abc123.dir\n", encoding="utf-8")
-    assert dvc_digest(folder, lock) == "abc123.dir"
+    before = dvc_digest(folder)
+    assert before.endswith(".dir")
+    lock = tmp_path / "dvc.lock"  # what DVC recorded before the edit below
+    lock.write_text(f"schema: '2.0'\nstages:\n  s:\n    outs:\n    - path: d\n      md5: {before}\n", encoding="utf-8")
+    (folder / "a.txt").write_bytes(b"edited after dvc.lock was written")
+    assert dvc_digest(folder) not in (before, "missing")
+
+
+def test_dvc_digest_equals_dvcs_own_hash_of_a_folder(tmp_path: Path) -> None:
+    """The digest memforge logs to MLflow is the one DVC records: checked against `dvc add` in a real repo."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.helpers import git_init
+
+    git_init(tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha\n", encoding="utf-8")
+    (data / "sub" / "b.json").write_text('{"b": 1}\n', encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=tmp_path, check=True)
+    recorded = yaml.safe_load((tmp_path / "data.dvc").read_text(encoding="utf-8"))["outs"][0]["md5"]
+    assert dvc_digest(data) == recorded
 
 
 def test_git_commit_is_recorded_inside_a_repo(tracking_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,9 +99,9 @@ def resolve_model_source(cfg: ModelConfig) -> ModelSource:
         if cfg.gguf_file and cfg.gguf_file != path.name:
             raise ModelLoadError(f"{path}: model.gguf_file is {cfg.gguf_file!r} but name_or_path is a different file")
         file = path.resolve()
-        return ModelSource("gguf_file", str(file.parent), file.name, f"GGUF file {file}")
+        return ModelSource("gguf_file", str(file.parent), file.name, f"GGUF file {spec}")
     if path.is_dir():
-        return _resolve_folder(path.resolve(), cfg.gguf_file.strip())
+        return _resolve_folder(path.resolve(), cfg.gguf_file.strip(), spec)
     if is_hub_id(spec):
         revision = cfg.revision.strip() or None
         gguf = cfg.gguf_file.strip() or None
@@ -165,16 +165,17 @@ def _find_gguf(dirs: list[Path], gguf_file: str, where: str) -> Path:
     return candidates[0]
 
 
-def _resolve_folder(folder: Path, gguf_file: str) -> ModelSource:
+def _resolve_folder(folder: Path, gguf_file: str, spec: str) -> ModelSource:
+    """The model in ``folder`` (resolved); descriptions name it as configured (``spec``), never by absolute path."""
     if gguf_file:
         if not (folder / gguf_file).is_file():
             raise ModelLoadError(f"{folder}: GGUF file {gguf_file!r} (model.gguf_file) not found in the folder")
-        return ModelSource("folder", str(folder), gguf_file, f"folder {folder}: {gguf_file}")
+        return ModelSource("folder", str(folder), gguf_file, f"folder {spec}: {gguf_file}")
     if (folder / "config.json").is_file():
-        return ModelSource("folder", str(folder), None, f"folder {folder}")
+        return ModelSource("folder", str(folder), None, f"folder {spec}")
     ggufs = sorted(p.name for p in folder.glob("*.gguf") if p.is_file())
     if len(ggufs) == 1:
-        return ModelSource("folder", str(folder), ggufs[0], f"folder {folder}: {ggufs[0]}")
+        return ModelSource("folder", str(folder), ggufs[0], f"folder {spec}: {ggufs[0]}")
     if ggufs:
         raise ModelLoadError(f"{folder}: several .gguf files ({', '.join(ggufs)}); set model.gguf_file to choose one")
     raise ModelLoadError(f"{folder}: not a model folder: it has no config.json and no .gguf file")
@@ -195,6 +196,9 @@ def _distribution_of(module: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # the prepared model card
+
+
+MACHINE_SPECIFIC = ("location", "seconds")  # PreparedModel fields kept out of the model card
 
 
 @dataclass(frozen=True)
@@ -231,13 +235,15 @@ class PreparedModel:
         return dataclasses.asdict(self)
 
     def card(self) -> dict[str, Any]:
-        """The folder's ``memforge_model.json``: deterministic, so DVC sees the same output for the same model."""
-        return {key: value for key, value in self.to_dict().items() if key != "seconds"}
+        """The folder's ``memforge_model.json``: deterministic and free of anything machine-specific, so DVC sees
+        the same output for the same model wherever it was prepared (``location``, an absolute path, and
+        ``seconds`` go to MLflow only)."""
+        return {key: value for key, value in self.to_dict().items() if key not in MACHINE_SPECIFIC}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreparedModel:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{"location": "", **{k: v for k, v in data.items() if k in names}})
 
 
 def read_model_card(path: str | os.PathLike[str]) -> PreparedModel:

@@ -104,37 +104,12 @@ def flatten_params(section: Mapping[str, Any], prefix: str = "") -> dict[str, st
     return flat
 
 
-def _lock_digest(path: Path, lock_file: Path) -> str | None:
-    """The md5 DVC recorded for ``path`` in ``dvc.lock`` (as an out or a dep), if any."""
-    if not lock_file.is_file():
-        return None
-    import yaml
-
-    try:
-        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return None
-    try:
-        wanted = path.resolve().relative_to(lock_file.parent.resolve()).as_posix()
-    except ValueError:
-        return None
-    for stage in (lock.get("stages") or {}).values():
-        for entry in [*(stage.get("outs") or []), *(stage.get("deps") or [])]:
-            if entry.get("path") == wanted and entry.get("md5"):
-                return str(entry["md5"])
-    return None
-
-
-def dvc_digest(path: str | Path, lock_file: str | Path = "dvc.lock") -> str:
-    """DVC's digest of a file or folder: from ``dvc.lock`` when recorded, else computed the same way.
-
-    Files hash as their md5; folders as the md5 of the sorted ``(relpath, md5)`` listing with DVC's
-    ``.dir`` suffix.
+def dvc_digest(path: str | Path) -> str:
+    """DVC's digest of a file or folder as it is in the workspace now (never ``dvc.lock``'s record, which is stale
+    once a file is edited): files hash as their md5; folders as the md5 of the sorted ``(relpath, md5)`` listing
+    with DVC's ``.dir`` suffix, as DVC computes them.
     """
     target = Path(path)
-    recorded = _lock_digest(target, Path(lock_file))
-    if recorded:
-        return recorded
     if target.is_file():
         return file_digest(target)
     if target.is_dir():

@@ -37,10 +37,10 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
 
 
 def input_digest(path: str | Path) -> str:
-    """A digest of a file or folder as it is now (DVC's md5 scheme; never the possibly stale ``dvc.lock``)."""
+    """A digest of a file or folder as it is now (DVC's md5 scheme)."""
     from components.tracking.runs import dvc_digest
 
-    return dvc_digest(path, lock_file=Path(path) / ".no-lock")
+    return dvc_digest(path)
 
 
 def run_fingerprint(section: Mapping[str, Any], inputs: Iterable[str | Path]) -> dict[str, Any]:

@@ -71,7 +71,6 @@ def trained_model_card(
         "output_dir": output_dir,
         "source": f"{kind} of {base}",
         "kind": kind,
-        "location": str(base.resolve()),
         "gguf_file": None,
         "revision": None,
         "source_sha256": None,
