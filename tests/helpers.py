@@ -50,6 +50,47 @@ class CountingPieces:
 
 
 # ---------------------------------------------------------------------------------------------
+# Generation backends for the LLM judges' tests (rewards, evaluation): a counting wrapper around a real backend,
+# and a scripted one for grading logic without a model.
+
+
+class CountingBackend:
+    """Wraps a real backend, counting generate calls (``calls``: prompts per call) and keeping every prompt."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+        self.conversations: list = []
+
+    def generate(self, conversations, params=None):
+        self.calls.append(len(conversations))
+        self.conversations.extend(conversations)
+        return self.inner.generate(conversations, params)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedBackend:
+    """Answers from a fixed function of the last message (grading logic without a model)."""
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.calls: list[int] = []
+        self.conversations: list = []
+
+    def generate(self, conversations, params=None):
+        from components.llm.backends import Generation
+
+        self.calls.append(len(conversations))
+        self.conversations.extend(conversations)
+        return [[Generation(self.reply(c[-1]["content"]), 1, 1, "stop")] for c in conversations]
+
+
+# ---------------------------------------------------------------------------------------------
 # A hand-built ADRPO scenario (test_rewards, test_adrpo): two sessions (A: Oslo + Mochi, B: Kyoto date + yoga
 # routine) with G=2 rollouts per memory agent, scored end to end on real banks (HashingEmbedder); every reward and
 # weight is computed by hand in the comments next to it.

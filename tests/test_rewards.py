@@ -56,6 +56,8 @@ from tests.helpers import (
     SEM_A1,
     SESSION_A,
     SESSION_B,
+    CountingBackend,
+    ScriptedBackend,
     add,
     bank_after_a,
     core,
@@ -465,38 +467,6 @@ def test_parse_judgement_is_strict() -> None:
         assert parse_judgement(text) is expected, text
     for text in ("", "INCORRECT", "Correct answer", "CORRECT or WRONG", "The response is correct", "maybe"):
         assert parse_judgement(text) is None, text
-
-
-class CountingBackend:
-    """Wraps a real backend, counting generate calls and prompts."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.calls: list[int] = []
-
-    def generate(self, conversations, params=None):
-        self.calls.append(len(conversations))
-        return self.inner.generate(conversations, params)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedBackend:
-    """Answers from a fixed function of the last message (grading logic without a model)."""
-
-    def __init__(self, reply) -> None:
-        self.reply = reply
-        self.calls: list[int] = []
-
-    def generate(self, conversations, params=None):
-        from components.llm.backends import Generation
-
-        self.calls.append(len(conversations))
-        return [[Generation(self.reply(c[-1]["content"]), 1, 1, "stop")] for c in conversations]
 
 
 @pytest.fixture(scope="module")

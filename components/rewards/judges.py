@@ -20,18 +20,18 @@ straddling two memory items does not count.
 ``LLMJudge``: the answerer backend answers from ``answer_messages(question, core, retrieved, date)``; the
 judge backend grades each answer CORRECT/WRONG against the gold answer (``judge_messages``), parsed
 strictly (``parse_judgement``): anything else is WRONG. One ``generate`` call per backend per ``judge``
-call; identical prompts are generated once. An empty or "not answerable" answer is WRONG without grading.
+call; identical prompts are generated once (both from ``components.llm.judging``). An empty or "not answerable"
+answer is WRONG without grading.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from components.config import Params
+from components.llm.judging import generate_unique, parse_judgement
 from components.memory.bank import MemoryBank
 from components.memory.prompts import NOT_ANSWERABLE, Message, answer_messages
 from components.memory.types import MemoryEntry, MemoryPart
@@ -163,12 +163,6 @@ JUDGE_SYSTEM = (
     "or says it cannot answer. Reply with exactly one word: CORRECT or WRONG."
 )
 
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_LINE = re.compile(
-    r"^(?:(?:verdict|grade|answer|judgement|judgment)\s*:\s*)?[\s*_`'\"\[(]*(correct|wrong)[\s*_`'\"\]).!]*$",
-    re.IGNORECASE,
-)
-
 
 def judge_messages(question: str, gold: str, response: str) -> list[Message]:
     """Chat messages asking the judge to grade ``response`` against ``gold``."""
@@ -176,51 +170,7 @@ def judge_messages(question: str, gold: str, response: str) -> list[Message]:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_judgement(text: str) -> bool | None:
-    """True for CORRECT, False for WRONG, None when the reply is anything else (the caller counts it WRONG).
-
-    Strict: a leading ``<think>...</think>`` block is dropped; the first non-empty line must then be the
-    single word CORRECT or WRONG (any case), optionally after "Verdict:" and wrapped in markdown emphasis,
-    quotes, brackets or a final period. Later lines (an explanation) are ignored. "INCORRECT", "Correct
-    answer", "CORRECT or WRONG" and "The response is correct" are unparseable.
-    """
-    if not isinstance(text, str):
-        return None
-    body = _THINK.sub("", text, count=1)
-    first = next((line.strip() for line in body.splitlines() if line.strip()), "")
-    match = _LINE.match(first)
-    if match is None:
-        return None
-    return match.group(1).upper() == "CORRECT"
-
-
 _NOT_ANSWERABLE = normalise_text(NOT_ANSWERABLE)
-
-
-def _key(messages: Sequence[Message]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
-
-
-def _generate_unique(
-    backend: GenerationBackend, conversations: list[list[Message]], params: SamplingParams | None
-) -> list[str]:
-    """One ``generate`` call over the distinct conversations; texts returned per input conversation."""
-    unique: dict[str, int] = {}
-    distinct: list[list[Message]] = []
-    slots = []
-    for messages in conversations:
-        key = _key(messages)
-        if key not in unique:
-            unique[key] = len(distinct)
-            distinct.append(messages)
-        slots.append(unique[key])
-    if not distinct:
-        return []
-    generations = backend.generate(distinct, params)
-    if len(generations) != len(distinct):
-        raise RuntimeError(f"backend returned {len(generations)} results for {len(distinct)} prompts")
-    texts = [gens[0].text if gens else "" for gens in generations]
-    return [texts[slot] for slot in slots]
 
 
 class LLMJudge:
@@ -256,9 +206,9 @@ class LLMJudge:
             answer_messages(item.question, item.bank.core, [entry for entry, _ in hits], item.date)
             for item, hits in zip(items, retrieved, strict=True)
         ]
-        responses = [text.strip() for text in _generate_unique(self.answerer, prompts, self.answer_params)]
+        responses = [text.strip() for text in generate_unique(self.answerer, prompts, self.answer_params)]
         graded = [i for i, r in enumerate(responses) if normalise_text(r) not in ("", _NOT_ANSWERABLE)]
-        replies = _generate_unique(
+        replies = generate_unique(
             self.judge_backend,
             [judge_messages(items[i].question, items[i].answer, responses[i]) for i in graded],
             self.judge_params,
