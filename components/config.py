@@ -326,6 +326,15 @@ class BackendConfig:
     seed: int = _f(0, "Sampling seed.")
 
     def __post_init__(self) -> None:
+        from components.secrets import is_env_name
+
+        # Never echo the value: a key pasted here instead of a variable name must not reach a log or MLflow.
+        _require(
+            not self.api_key_env or is_env_name(self.api_key_env),
+            "api_key_env",
+            "must be the NAME of an environment variable holding the key (letters, digits, _), not the key itself; "
+            "the value given is not shown",
+        )
         if self.kind == "openai":
             _require(bool(self.base_url), "base_url", "required for kind 'openai'")
             _require(

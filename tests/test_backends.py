@@ -41,7 +41,6 @@ from components.llm.backends import (
     left_pad,
     parse_chat_completion,
     parse_retry_after,
-    scrub,
     truncate_at_stop,
 )
 from tests.llm_fixtures import ModelServerProcess, ThreadedServer, build_chatty_model, free_port
@@ -109,7 +108,8 @@ class Upstream:
 
     Scenarios: ok (echo the last message after ``delay`` s, counting requests in flight), flaky (503 twice, then ok),
     flaky-ra (the same with Retry-After: 0.25), ratelimit (429 once with an HTTP-date Retry-After), down (always 503),
-    slow (sleeps 0.6 s), malformed, notjson, leaky (400 echoing the Authorization header).
+    slow (sleeps 0.6 s), malformed, notjson, leaky (400 echoing the Authorization header), echokey (a completion
+    repeating the Authorization header).
     """
 
     def __init__(self) -> None:
@@ -150,6 +150,10 @@ class Upstream:
             if scenario == "leaky":
                 header = request.headers.get("authorization")
                 return JSONResponse({"error": {"message": f"bad credentials {header}"}}, status_code=400)
+            if scenario == "echokey":  # a 200 whose completion repeats the Authorization header
+                header = request.headers.get("authorization")
+                body["messages"][-1]["content"] = f"your header was {header}"
+                return await self._echo(tag, body)
             return JSONResponse({"error": {"message": "unknown scenario"}}, status_code=404)
 
         return app
@@ -202,7 +206,6 @@ def test_small_helpers() -> None:
     assert completion_end([4, 9, 3, 0, 0], frozenset({3}), None) == (3, True)
     assert completion_end([4, 9, 5, 0, 0], frozenset({3}), 2) == (2, False)
     assert completion_end([4, 9, 5, 6], frozenset({3}), None) == (4, False)
-    assert scrub("key=abc and abc", ["abc", None, ""]) == "key=[REDACTED] and [REDACTED]"
     assert _apportion(7, [1, 1]) in ([4, 3], [3, 4]) and sum(_apportion(10, [3, 0, 5])) == 10
     assert _apportion(5, [0, 0]) in ([3, 2], [2, 3])
 
@@ -561,6 +564,18 @@ def test_key_is_sent_and_scrubbed_from_echoing_errors(
     for text in (str(failed.value), repr(failed.value), str(gave_up.value), repr(backend), repr(down), caplog.text):
         assert key not in text
     assert failed.value.__cause__ is None and failed.value.__context__ is None
+
+
+@pytest.mark.server
+def test_a_key_echoed_in_a_completion_is_scrubbed_from_its_text(
+    upstream: Upstream, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completions become trajectories, MLflow samples and memories: the key must not reach any of them."""
+    key = f"sk-echo-{secrets.token_hex(12)}"
+    monkeypatch.setenv(KEY_ENV, key)
+    backend = OpenAIBackend(_openai(f"{upstream.url}/echokey/{_tag(request)}/v1", api_key_env=KEY_ENV))
+    [[completion]] = backend.generate(CONVERSATIONS[:1], GREEDY)
+    assert completion.text == "your header was Bearer [REDACTED]"
 
 
 # ---------------------------------------------------------------------------------------------

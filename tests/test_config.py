@@ -236,3 +236,13 @@ def test_name_types_match_the_code_that_uses_them() -> None:
     assert get_args(SplitName) == SPLIT_NAMES
     assert set(get_args(NeedleTask)) == set(TASK_SHAPES)
     assert set(get_args(EvalSet)) == set(SET_FILES)
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    key = "sk-proj-0123456789abcdefXYZ"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"backends:\n  judge:\n    api_key_env: {key}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"backends\.judge\.api_key_env: must be the NAME of an environment") as err:
+        load_params(params)
+    assert key not in str(err.value)
+    assert load_params(params, {"backends.judge.api_key_env": "OPENAI_API_KEY"}).backends.judge.api_key_env

@@ -60,6 +60,37 @@ def test_stage_run_logs_params_metrics_artifacts_and_inputs(tracking_config, tmp
     assert inputs[0].tags[0].value == "source"
 
 
+def test_hyperparameters_named_like_tokens_are_logged_as_values(tracking_config) -> None:
+    """Only credentials are redacted: counts called *_tokens and the name of a key's variable are real values."""
+    section = {
+        "memagent.reader": {"chunk_tokens": 512, "memory_tokens": 64},
+        "backends": {"teacher": {"max_new_tokens": 256, "api_key_env": "OPENAI_API_KEY"}},
+        "model.max_context_tokens": 2048,
+    }
+    with stage_run("eval_longcontext", tracking_config, params_section=section) as run:
+        run_id = run.run_id
+    params = _client(tracking_config).get_run(run_id).data.params
+    assert params["memagent.reader.chunk_tokens"] == "512" and params["memagent.reader.memory_tokens"] == "64"
+    assert params["backends.teacher.max_new_tokens"] == "256"
+    assert params["backends.teacher.api_key_env"] == "OPENAI_API_KEY"
+    assert params["model.max_context_tokens"] == "2048"
+    assert REDACTED not in params.values()
+
+
+def test_a_known_key_never_reaches_an_error_tag_or_a_param(tracking_config) -> None:
+    from components.secrets import remember
+
+    key = "sk-live-0123456789abcdef"
+    remember(key)  # what a backend does when it reads its key from the environment
+    with pytest.raises(RuntimeError), stage_run("expert", tracking_config, params_section={"x": {"note": key}}) as run:
+        run_id = run.run_id
+        raise RuntimeError(f"endpoint said: invalid key {key}")
+    logged = _client(tracking_config).get_run(run_id)
+    assert logged.info.status == "FAILED"
+    assert key not in logged.data.tags["memforge.error"] and "[REDACTED]" in logged.data.tags["memforge.error"]
+    assert key not in json.dumps(logged.data.params)
+
+
 def test_stage_nests_under_pipeline_run_from_environment(tracking_config, monkeypatch: pytest.MonkeyPatch) -> None:
     parent = start_pipeline_run(tracking_config, "pipeline", {"stages": ["ingest"]})
     monkeypatch.setenv(PARENT_RUN_ENV, parent)

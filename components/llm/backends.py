@@ -15,6 +15,7 @@ Heavy imports (torch, transformers, vllm, httpx) happen inside functions, so imp
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import math
@@ -30,6 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from components.config import BackendConfig
 from components.errors import ConfigError, MemforgeError, ModelLoadError
+from components.secrets import remember, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ FinishReason = Literal["stop", "length"]
 
 GPU_INSTALL_HINT = "pip install -e '.[gpu]' on a CUDA machine"
 _RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
-_REDACTED = "[REDACTED]"
 
 
 class BackendError(MemforgeError):
@@ -200,14 +201,6 @@ def finish_reason(hit_eos: bool, hit_stop: bool, completion_tokens: int, max_new
     if hit_eos or hit_stop:
         return "stop"
     return "length" if completion_tokens >= max_new_tokens else "stop"
-
-
-def scrub(text: str, secrets: Sequence[str | None]) -> str:
-    """``text`` with every (non-empty) secret replaced by ``[REDACTED]``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _REDACTED)
-    return text
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -664,8 +657,13 @@ class OpenAIBackend(_BackendBase):
         return body
 
     def _complete(self, body: dict[str, Any]) -> list[Generation]:
+        """One request's completions, with the API key scrubbed from their text (an endpoint may echo it)."""
         url = f"{self.base_url}/chat/completions"
-        return parse_chat_completion(self._post(url, body), body["n"], url)
+        key = self._api_key()
+        return [
+            dataclasses.replace(g, text=scrub(g.text, [key]))
+            for g in parse_chat_completion(self._post(url, body), body["n"], url)
+        ]
 
     def _api_key(self) -> str | None:
         name = self.cfg.api_key_env
@@ -674,6 +672,7 @@ class OpenAIBackend(_BackendBase):
         key = os.environ.get(name, "")
         if not key:
             raise BackendError(f"the environment variable {name} (api_key_env) is not set; it must hold the API key")
+        remember(key)
         return key
 
     def _http(self) -> Any:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -22,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from components.config import TrackingConfig
 from components.io import file_digest
+from components.secrets import REDACTED, is_secret_name, scrub
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 PARENT_RUN_ENV = "MEMFORGE_PARENT_RUN_ID"
-SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-REDACTED = "***"
 MAX_PARAM_CHARS = 6000  # MLflow's limit for a param value
 
 
@@ -90,17 +88,18 @@ def git_commit(cwd: str | Path = ".") -> str:
 
 
 def flatten_params(section: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted keys for nested params; values that look like secrets are redacted."""
+    """Dotted keys for nested params. A setting that holds a credential (``api_key``; not ``max_new_tokens`` nor
+    ``api_key_env``, which names a variable) is redacted, and every value passes through the secret scrubber."""
     flat: dict[str, str] = {}
     for key, value in section.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, f"{name}."))
-        elif SECRET_KEY_PATTERN.search(str(key)):
+        elif is_secret_name(name):
             flat[name] = REDACTED
         else:
             text = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, tuple, dict)) else str(value)
-            flat[name] = text[:MAX_PARAM_CHARS]
+            flat[name] = scrub(text)[:MAX_PARAM_CHARS]
     return flat
 
 
@@ -234,7 +233,7 @@ def stage_run(
         yield handle
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            client.set_tag(run.info.run_id, "memforge.error", str(exc)[:5000])
+            client.set_tag(run.info.run_id, "memforge.error", scrub(str(exc))[:5000])
             client.set_terminated(run.info.run_id, status="FAILED")
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
