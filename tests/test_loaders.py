@@ -191,3 +191,10 @@ def test_drop_empty_sessions_is_explicit_and_recorded() -> None:
         assert all(s.turns for s in conversation.sessions)
         assert conversation.metadata.get("dropped_empty_sessions", []) == empty.get(cid, [])
         assert len(conversation.sessions) == len(strict[cid].sessions) - len(empty.get(cid, []))
+
+
+def test_longmemeval_abstention_questions_are_their_own_category() -> None:
+    from components.dialogue.loaders import longmemeval_category
+
+    assert longmemeval_category("gpt4_2655b836_abs", "temporal-reasoning") == "temporal-reasoning_abstention"
+    assert longmemeval_category("gpt4_2655b836", "temporal-reasoning") == "temporal-reasoning"

@@ -154,6 +154,12 @@ def load_locomo(path: str | Path) -> Iterator[LoadedConversation]:
 # LongMemEval: a JSON list of question items, each with its own haystack of sessions
 
 
+def longmemeval_category(question_id: str, question_type: str) -> str:
+    """LongMemEval's question type; abstention questions (ids ending ``_abs``, whose gold says the history does not
+    tell) get ``<type>_abstention``, so evaluations report them apart, as LongMemEval does."""
+    return f"{question_type}_abstention" if question_id.endswith("_abs") else question_type
+
+
 def longmemeval_item_to_conversation(item: Any, index: int) -> Conversation:
     """One LongMemEval item -> a conversation between ``user`` and ``assistant`` with one question."""
     where = f"item {index}"
@@ -193,7 +199,7 @@ def longmemeval_item_to_conversation(item: Any, index: int) -> Conversation:
         question_id=question_id,
         question=_field(item, "question", str, where),
         answers=(_answer_text(_field(item, "answer", (str, int, float), where), f"{where}.answer"),),
-        category=str(item.get("question_type", "unknown")),
+        category=longmemeval_category(question_id, str(item.get("question_type", "unknown"))),
         evidence=tuple(evidence or answer_session_turns),
         date=_parse_time(question_date, LONGMEMEVAL_TIME_FORMAT, f"{where}.question_date")
         if isinstance(question_date, str)
