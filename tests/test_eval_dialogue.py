@@ -146,9 +146,9 @@ def test_report_has_the_evaluated_writer_as_score_and_recall_only_for_retrieving
         for q in CONVERSATION.questions
     ]
     scored = dialogue.score_rows(rows, ("containment", "em"))
-    report = dialogue.build_report(scored, ["adrpo", "full_context"], ("containment", "em"), {"adrpo": {"x": 1.0}})
+    report = dialogue.build_report(scored, ["adrpo", "full_context"], ("containment", "em"), {"adrpo": {"x": 1.0}}, 2)
     assert report["score"] == {"containment": 1.0, "em": round(2 / 3, 4)}  # "at a bakery" is not exactly "bakery"
-    assert report["questions"] == 3 and report["conversations"] == 1
+    assert report["questions"] == 3 and report["conversations"] == 1 and report["sessions"] == 2
     adrpo = report["methods"]["adrpo"]
     assert adrpo["containment"]["by_category"] == {"adversarial": 1.0, "multi-hop": 1.0, "single-hop": 1.0}
     assert adrpo["evidence_recall_at_k"] == 0.75 and adrpo["x"] == 1.0
@@ -252,7 +252,7 @@ def test_stage_end_to_end_on_the_locomo_fixture(tmp_path: Path, tiny_model_dir: 
 
     report = json.loads((tmp_path / "reports/eval_dialogue.json").read_text(encoding="utf-8"))
     assert report == json.loads(json.dumps(result.metrics))
-    assert report["questions"] == 5 and report["conversations"] == 2
+    assert report["questions"] == 5 and report["conversations"] == 2 and report["sessions"] == 3
     assert list(report["methods"]) == methods
     assert set(report["score"]) == set(JUDGES)
     assert report["score"] == {j: report["methods"]["adrpo"][j]["overall"] for j in JUDGES}

@@ -461,10 +461,12 @@ def build_report(
     methods: Sequence[str],
     judges: Sequence[str],
     memory_sizes: Mapping[str, Mapping[str, float]],
+    sessions: int,
 ) -> dict[str, Any]:
     """The DVC metrics (numeric leaves only): ``score`` (the first method, the evaluated writer: ``{judge:
-    overall}``), ``questions``, ``conversations`` and ``methods: {method: {judge: {overall, by_category},
-    evidence_recall_at_k (retrieving methods), memory_entries, memory_core_chars, memory_tokens (memory methods)}}``."""
+    overall}``), ``questions``, ``conversations``, ``sessions`` (each memory method wrote) and ``methods: {method:
+    {judge: {overall, by_category}, evidence_recall_at_k (retrieving methods), memory_entries, memory_core_chars,
+    memory_tokens (memory methods)}}``."""
     by_method: dict[str, list[DialogueRow]] = defaultdict(list)
     for row in rows:
         by_method[row.method].append(row)
@@ -481,6 +483,7 @@ def build_report(
         "score": {judge: first[judge]["overall"] for judge in judges},
         "questions": len({(r.conversation_id, r.question_id) for r in rows}),
         "conversations": len({r.conversation_id for r in rows}),
+        "sessions": sessions,
         "methods": report_methods,
     }
 

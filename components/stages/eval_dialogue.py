@@ -71,7 +71,7 @@ def run(params: Params, tracked: StageRun) -> StageResult:
     logger.info("eval_dialogue: %d conversation(s), %d question(s)", len(conversations), questions)
 
     evaluation = evaluate(params, conversations)
-    report = build_report(evaluation.rows, evaluation.methods, cfg.judges, evaluation.memory_sizes)
+    report = build_report(evaluation.rows, evaluation.methods, cfg.judges, evaluation.memory_sizes, evaluation.sessions)
     table = plot_table(evaluation.rows, evaluation.methods, cfg.primary_judge)
     logger.info("eval_dialogue: score %s", report["score"])
     return StageResult(
