@@ -155,7 +155,7 @@ def test_report_has_the_evaluated_writer_as_score_and_recall_only_for_retrieving
     assert "evidence_recall_at_k" not in report["methods"]["full_context"]
     assert report["methods"]["full_context"]["containment"]["overall"] == 0.0
     table = dialogue.plot_table(scored, ["adrpo", "full_context"], "containment")
-    assert table[0] == {"method": "adrpo", "category": "overall", "accuracy": 1.0}
+    assert table[0] == {"method": "adrpo", "category": "overall", "accuracy": 1.0, "label": "overall / adrpo"}
     assert {(r["method"], r["category"]) for r in table} == {
         (m, c) for m in ("adrpo", "full_context") for c in ("overall", "adversarial", "multi-hop", "single-hop")
     }

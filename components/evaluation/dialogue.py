@@ -489,15 +489,15 @@ def build_report(
 
 
 def plot_table(rows: Sequence[DialogueRow], methods: Sequence[str], judge: str) -> list[dict[str, Any]]:
-    """The DVC bar plot table: ``{method, category, accuracy}`` per method and category, ``overall`` first."""
+    """The DVC bar plot table: ``{method, category, accuracy, label}`` per method and category, ``overall`` first
+    (``label``, ``category / method``, names one bar)."""
     table = []
     for method in methods:
         scores = method_scores([r for r in rows if r.method == method], [judge])[judge]
-        table.append({"method": method, "category": OVERALL, "accuracy": scores["overall"]})
-        table.extend(
-            {"method": method, "category": category, "accuracy": value}
-            for category, value in scores["by_category"].items()
-        )
+        for category, accuracy in [(OVERALL, scores["overall"]), *scores["by_category"].items()]:
+            table.append(
+                {"method": method, "category": category, "accuracy": accuracy, "label": f"{category} / {method}"}
+            )
     return table
 
 
@@ -528,18 +528,20 @@ class DialogueEvaluation:
 
 
 def write_all_memories(
-    params: Params, conversations: Sequence[Conversation], methods: Sequence[str], timings: dict[str, float]
+    params: Params,
+    conversations: Sequence[Conversation],
+    methods: Sequence[str],
+    make_bank: Callable[[], MemoryBank],
+    timings: dict[str, float],
 ) -> dict[str, list[MemoryBank]]:
     """Every memory method's banks: each writer (its backend closed after use), then the expert teacher; the
     seconds spent writing (model loading excluded) go to ``timings``."""
     from components.llm.backends import check_model_name, create_backend
-    from components.memory.construction import bank_factory
     from components.memory.teachers import LLMTeacher, make_teacher
 
     cfg = params.eval_dialogue
     for writer in cfg.writers:
         check_model_name(writer)
-    make_bank = bank_factory(params)
     banks: dict[str, list[MemoryBank]] = {}
     for writer, method in zip(cfg.writers, methods[: len(cfg.writers)], strict=True):
         backend = create_backend(writer_backend_config(cfg, writer))
@@ -615,15 +617,16 @@ def evaluate(params: Params, conversations: Sequence[Conversation]) -> DialogueE
     (one batched call per method) and score the answers with every judge; backends are closed on the way out."""
     from components.evaluation.judges import LLMAnswerJudge
     from components.llm.backends import default_sampling
-    from components.memory.embedder import EmbeddingCache, create_embedder
+    from components.memory.construction import bank_factory
     from components.progress import progress
 
     cfg = params.eval_dialogue
     methods = method_names(cfg)
     timings: dict[str, float] = {}
-    banks = write_all_memories(params, conversations, methods, timings)
-    cache = next((bank.embedding_cache for group in banks.values() for bank in group), None)
-    cache = cache or EmbeddingCache(create_embedder(params.memory))
+    make_bank = bank_factory(params)  # one embedding cache for every bank and for rag
+    cache = make_bank().embedding_cache
+    assert cache is not None
+    banks = write_all_memories(params, conversations, methods, make_bank, timings)
     sampling = dataclasses.replace(default_sampling(params.backends.answerer), max_new_tokens=cfg.answer_max_new_tokens)
     answerer, judge_backend = answer_backends(params)
     try:
