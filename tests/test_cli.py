@@ -7,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 from components.cli import main
+from components.config import TrackingConfig
 from tests.helpers import memforge_bin
+from tests.registry_fixtures import registry
 
 
 def test_help_is_quick_and_lists_commands() -> None:
@@ -70,6 +72,24 @@ def test_read_answers_from_a_long_file_in_chunks(tmp_path: Path, tiny_model_dir:
     summary = json.loads(captured.out)
     assert summary["chunks"] > 1 and summary["input_tokens"] > 64 * (summary["chunks"] - 1)
     assert captured.err.count("--- memory after chunk") == summary["chunks"]
+
+
+def test_read_uses_the_promoted_champion_from_the_registry(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    store = TrackingConfig(store_dir=str(tmp_path / "mlflow"))
+    reg = registry(store)
+    reg.add_version("memforge-memagent", reg.log_model(tiny_model_dir), {"mean/memagent/mean_correct": 0.5})
+    settings = ["-S", f"tracking.store_dir={store.store_dir}"]
+    assert main(["--params", str(tmp_path / "none.yaml"), "promote", "--model", "memagent", *settings]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["decision"] == "first_champion"
+    text = tmp_path / "notes.txt"
+    text.write_text("The meeting moved to Tuesday.\n" * 20, encoding="utf-8")
+    args = ["read", "--question", "When?", "--file", str(text), "--model", "models:/memforge-memagent@champion"]
+    reader = ["-S", "memagent.reader.chunk_tokens=64", "-S", "memagent.reader.answer_tokens=4"]
+    assert main(["--params", str(tmp_path / "none.yaml"), *args, *settings, *reader]) == 0
+    assert json.loads(capsys.readouterr().out)["chunks"] > 1
+    args[-1] = "models:/memforge-memagent@stable"
+    assert main(["--params", str(tmp_path / "none.yaml"), *args, *settings]) == 2
+    assert "has no alias 'stable' (aliases: challenger, champion)" in capsys.readouterr().err
 
 
 def test_read_rejects_non_utf8_naming_the_file(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:

@@ -1,8 +1,9 @@
-"""prefect.yaml agrees with the code: every deployment runs the pipeline flow with stages and groups the registry
-knows, and parameters the flow takes."""
+"""prefect.yaml agrees with the code: every pipeline deployment names stages and groups the registry knows, the
+promote deployment runs by hand, and every deployment passes only parameters its flow takes."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 
@@ -10,18 +11,29 @@ import pytest
 import yaml
 
 from components.errors import ConfigError
+from components.model_registry.promote import ALL_MODELS, MODEL_KEYS
 from components.stages.registry import GROUPS, STAGE_NAMES, select_stages
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+PIPELINE = "flows/pipeline.py:memforge_pipeline"
+PROMOTE = "flows/promote.py:memforge_promote"
 
 
 def deployments() -> list[dict]:
     return yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))["deployments"]
 
 
+def flow_function(entrypoint: str):
+    """The function behind a deployment's ``path.py:flow`` entrypoint."""
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name).fn
+
+
 def test_every_deployment_names_registry_stages_or_a_group() -> None:
     for deployment in deployments():
-        assert deployment["entrypoint"] == "flows/pipeline.py:memforge_pipeline"
+        assert deployment["entrypoint"] in (PIPELINE, PROMOTE), deployment["name"]
+        if deployment["entrypoint"] == PROMOTE:
+            continue
         parameters = deployment["parameters"]
         assert set(parameters.get("stages", [])) <= set(STAGE_NAMES), deployment["name"]
         assert parameters.get("group", "all") in GROUPS, deployment["name"]
@@ -29,11 +41,15 @@ def test_every_deployment_names_registry_stages_or_a_group() -> None:
 
 
 def test_deployment_parameters_are_flow_parameters() -> None:
-    from flows.pipeline import memforge_pipeline
-
-    accepted = set(inspect.signature(memforge_pipeline.fn).parameters)
     for deployment in deployments():
+        accepted = set(inspect.signature(flow_function(deployment["entrypoint"])).parameters)
         assert set(deployment["parameters"]) <= accepted, deployment["name"]
+
+
+def test_promote_deployment_is_manual_and_names_registered_models() -> None:
+    [promote] = [d for d in deployments() if d["entrypoint"] == PROMOTE]
+    assert promote["name"] == "promote" and not promote.get("schedules")
+    assert promote["parameters"].get("model", ALL_MODELS) in (*MODEL_KEYS, ALL_MODELS)
 
 
 def test_groups_select_their_systems_in_pipeline_order() -> None:
