@@ -118,9 +118,10 @@ def cmd_memory_build(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     """Read a file of any length with the MemAgent reader and answer a question from its memory."""
     from components.agent.reader import read_file
+    from components.model_registry.resolve import resolve_model
 
     params = load_params(args.params, overrides(args.set))
-    model = args.model or params.memagent.eval.model_name_or_path
+    model = resolve_model(args.model or params.memagent.eval.model_name_or_path, params.tracking)
 
     def trace(step: Any) -> None:
         if args.show_memory and step.kind == "update":
@@ -140,8 +141,19 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a local model behind an OpenAI-compatible endpoint."""
     from components.llm.server import serve
+    from components.model_registry.resolve import resolve_model
 
-    serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env)
+    model = resolve_model(args.model, load_params(args.params).tracking)
+    serve(model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move each model's champion alias to its challenger when better by the margin, or roll back; print why."""
+    from components.model_registry.promote import promote_models
+
+    decisions = promote_models(load_params(args.params, overrides(args.set)), args.model, args.to_version)
+    print(json.dumps([decision.to_dict() for decision in decisions], indent=2))
     return 0
 
 
@@ -178,17 +190,34 @@ def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
     read = sub.add_parser("read", help="read a file of any length chunk by chunk (MemAgent) and answer a question")
     read.add_argument("--question", required=True, help="the question to answer from the file")
     read.add_argument("--file", required=True, type=Path, help="a UTF-8 text file, streamed")
-    read.add_argument("--model", default="", help="model folder or hub id (default: memagent.eval.model_name_or_path)")
+    read.add_argument(
+        "--model",
+        default="",
+        help="model folder, hub id, or models:/NAME@ALIAS or models:/NAME/VERSION (default: "
+        "memagent.eval.model_name_or_path)",
+    )
     read.add_argument("--show-memory", action="store_true", help="print the memory after every chunk (stderr)")
     read.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     read.set_defaults(func=cmd_read)
 
     serve = sub.add_parser("serve", help="serve a local model behind an OpenAI-compatible endpoint")
-    serve.add_argument("--model", default="models/base")
+    serve.add_argument(
+        "--model", default="models/base", help="model folder, or models:/NAME@ALIAS or models:/NAME/VERSION"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key-env", default="", help="env var holding the key clients must send")
     serve.set_defaults(func=cmd_serve)
+
+    from components.model_registry.promote import ALL_MODELS, MODEL_KEYS
+
+    promote = sub.add_parser("promote", help="promote challenger to champion in the MLflow registry, or roll back")
+    promote.add_argument(
+        "--model", choices=[*MODEL_KEYS, ALL_MODELS], default=ALL_MODELS, help="a model of params.register, or all"
+    )
+    promote.add_argument("--to-version", type=int, metavar="N", help="roll back: make version N the champion")
+    promote.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    promote.set_defaults(func=cmd_promote)
 
     synth = sub.add_parser("synth", help="write a synthetic dialogue corpus (JSON Lines)")
     synth.add_argument("--out", required=True, type=Path)
