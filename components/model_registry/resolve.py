@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 SCHEME = "models:/"
 _REFERENCE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>[1-9][0-9]*))$")
 CACHE_DIR = "registry-cache"
-MODEL_ARTIFACT = "model"  # the pyfunc artifact that holds the model folder (register's contract)
 MLMODEL_FILE = "MLmodel"
 NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST"})
 
@@ -97,7 +96,7 @@ def model_version(client: MlflowClient, name: str, version: int) -> ModelVersion
     return registry_call(client, what, lambda: client.get_model_version(name, str(version)))
 
 
-def find_version(client: MlflowClient, reference: ModelReference) -> int:
+def reference_version(client: MlflowClient, reference: ModelReference) -> int:
     """The existing version number ``reference`` names; its model, alias or version missing is an error naming it."""
     aliases = model_aliases(client, reference.name)
     if reference.version is None:
@@ -118,7 +117,7 @@ def resolve_model(reference: str, tracking: TrackingConfig) -> str:
     if parsed is None:
         return reference
     client = registry_client(tracking)
-    version = find_version(client, parsed)
+    version = reference_version(client, parsed)
     target = cache_dir(tracking, client.tracking_uri, parsed.name, version)
     if not target.is_dir():
         _download(client, parsed.name, version, target)
@@ -161,6 +160,8 @@ def _download(client: MlflowClient, name: str, version: int, target: Path) -> No
 def model_folder(root: Path, label: str) -> Path:
     """The model folder inside a downloaded pyfunc model ``root``: its ``model`` artifact, with a config.json."""
     import yaml
+
+    from components.model_registry.pyfunc import MODEL_ARTIFACT
 
     mlmodel = root / MLMODEL_FILE
     try:
