@@ -17,6 +17,7 @@ from typing import Any
 
 from components.config import DEFAULT_PARAMS_FILE, load_params, parse_override
 from components.errors import MemforgeError
+from components.secrets import scrub
 from components.stages.registry import STAGE_NAMES
 
 DESCRIPTION = "Train language models that remember (MemBuilder, MemAgent): DVC stages, a Prefect flow, MLflow runs."
@@ -249,7 +250,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     try:
         return func(args)
     except MemforgeError as exc:
-        print(f"memforge: error: {exc}", file=sys.stderr)
+        print(f"memforge: error: {scrub(str(exc))}", file=sys.stderr)
         return 2
 
 
