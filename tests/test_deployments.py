@@ -54,7 +54,9 @@ def test_promote_deployment_is_manual_and_names_registered_models() -> None:
 
 def test_groups_select_their_systems_in_pipeline_order() -> None:
     assert select_stages(group="all") == list(STAGE_NAMES)
-    assert select_stages(group="membuilder") == ["prepare_model", "ingest", "expert", "synth_qa", "sft", "adrpo"]
+    assert STAGE_NAMES[-1] == "register"  # both trained models and both evaluations: the whole pipeline only
+    membuilder = ["prepare_model", "ingest", "expert", "synth_qa", "sft", "adrpo", "eval_dialogue"]
+    assert select_stages(group="membuilder") == membuilder
     memagent = ["prepare_model", "longcontext_data", "memagent_train", "eval_longcontext"]
     assert select_stages(group="memagent") == memagent
     assert select_stages(["adrpo", "ingest"]) == ["ingest", "adrpo"]
