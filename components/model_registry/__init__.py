@@ -1,1 +1,2 @@
-"""The MLflow model registry: memforges models as pyfunc models, their registration and promotion."""
+"""The MLflow model registry: memforge's models as pyfunc models (``pyfunc``), their registration (``register``),
+promotion (``promote``) and ``models:/`` references (``resolve``); names of aliases and tags in ``tags``."""
