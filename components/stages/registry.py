@@ -96,7 +96,20 @@ STAGES: tuple[Stage, ...] = (
         gpu=True,
     ),
     # Both trained models and both evaluations: part of the whole pipeline only.
-    Stage("register", "log both trained models to the MLflow registry (alias challenger)", ("register",), ()),
+    Stage(
+        "register",
+        "log both trained models to the MLflow registry (alias challenger)",
+        (
+            "register",
+            "memory",
+            "eval_dialogue",
+            "memagent.reader",
+            "memagent.eval",
+            "backends.answerer",
+            "backends.judge",
+        ),
+        (),
+    ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 
