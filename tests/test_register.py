@@ -32,7 +32,7 @@ from components.config import (
     SynthQAConfig,
     TrackingConfig,
 )
-from components.errors import ConfigError, InputError, MemforgeError, ModelLoadError
+from components.errors import ConfigError, InputError, ModelLoadError
 from components.memory.bank import MemoryBank
 from components.model_registry.tags import (
     CHALLENGER,
@@ -283,10 +283,10 @@ def test_eval_set_digest_follows_files_and_selection(tmp_path: Path) -> None:
 
 
 def test_unreachable_registry_names_its_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.model_registry.register import check_registry
+    from components.model_registry.client import check_registry
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with pytest.raises(MemforgeError, match=rf"registry at {uri} cannot be reached"):
+    with pytest.raises(ModelLoadError, match=rf"the model registry: the MLflow registry at {uri} failed"):
         check_registry(MlflowClient(tracking_uri=uri))

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from components.config import Params, RegisterConfig, RegisteredModelConfig, TrackingConfig
 from components.errors import ConfigError, MemforgeError, ModelLoadError
 from components.model_registry import tags
-from components.model_registry.resolve import model_aliases, model_version, registry_call, registry_client
+from components.model_registry.client import registry_call, registry_client
+from components.model_registry.resolve import model_aliases, model_version
 from components.tracking import stage_run
 
 if TYPE_CHECKING:

@@ -37,11 +37,11 @@ from mlflow.types.type_hints import TypeFromExample  # the input is what the exa
 
 from components.config import BackendConfig, MemoryConfig, Params, ReaderConfig, build_dataclass, to_dict
 from components.errors import InputError, MemforgeError
+from components.model_registry.tags import MODEL_ARTIFACT
 
 Kind = Literal["membuilder", "memagent"]
 KINDS: tuple[Kind, ...] = ("membuilder", "memagent")
 
-MODEL_ARTIFACT = "model"  # the trained model folder (models:/ resolution reads this artifact)
 SETTINGS_ARTIFACT = "settings"
 EMBEDDER_ARTIFACT = "embedder"
 SETTINGS_FILE = "memforge_pyfunc.json"

@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import RegisteredModelConfig
-from components.errors import InputError, MemforgeError
+from components.errors import InputError
 from components.io import load_json_file
+from components.model_registry.client import check_registry
 from components.model_registry.tags import (
     CHALLENGER,
-    DATA_DIGEST,
     EVAL_SET_DIGEST,
     GIT_COMMIT,
     MODEL_DIGEST,
     PARAMS_DIGEST,
     RUN_ID,
+    data_digest_tag,
     eval_metric_tag,
 )
 from components.tracking.publish import numeric_leaves
@@ -99,11 +100,6 @@ def eval_set_digest(paths: Sequence[str | Path], selection: Mapping[str, Any]) -
         if not Path(path).exists():
             raise InputError(path, "evaluation set file not found")
     return canonical_digest({"files": [dvc_digest(path) for path in paths], "selection": dict(selection)})
-
-
-def data_digest_tag(path: str | Path) -> str:
-    """The version tag holding a training dataset's digest: ``DATA_DIGEST`` + ``.`` + its path."""
-    return f"{DATA_DIGEST}.{Path(path).as_posix().lstrip('/')}"
 
 
 def lineage_tags(data_paths: Sequence[str | Path], params_sections: Mapping[str, Any]) -> dict[str, str]:
@@ -175,16 +171,6 @@ def prepare_registration(
 
 # ---------------------------------------------------------------------------------------------
 # the registry
-
-
-def check_registry(client: MlflowClient) -> None:
-    """One cheap registry request; a registry that cannot be reached is a ``MemforgeError`` naming its URI."""
-    try:
-        client.search_registered_models(max_results=1)
-    except Exception as exc:  # MLflow, SQLAlchemy and HTTP errors alike
-        raise MemforgeError(
-            f"the MLflow model registry at {client.tracking_uri} cannot be reached: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def ensure_registered_model(client: MlflowClient, name: str) -> None:

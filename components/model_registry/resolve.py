@@ -13,14 +13,14 @@ import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from components.config import TrackingConfig
 from components.errors import ModelLoadError
-from components.tracking import resolve_tracking_uri
+from components.model_registry.client import registry_call, registry_client
+from components.model_registry.tags import MODEL_ARTIFACT
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,9 +30,6 @@ SCHEME = "models:/"
 _REFERENCE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>[1-9][0-9]*))$")
 CACHE_DIR = "registry-cache"
 MLMODEL_FILE = "MLmodel"
-NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST"})
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,30 +55,6 @@ def parse_model_reference(reference: str) -> ModelReference | None:
         )
     version = match["version"]
     return ModelReference(match["name"], match["alias"], int(version) if version else None)
-
-
-def registry_client(tracking: TrackingConfig) -> MlflowClient:
-    """An MlflowClient on the tracking store (``resolve_tracking_uri``), which is also the model registry."""
-    uri = resolve_tracking_uri(tracking)
-    try:
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=uri)
-    except Exception as exc:  # any failure to open the store, reported with its URI
-        raise ModelLoadError(f"cannot open the MLflow registry at {uri}: {exc}") from None
-
-
-def registry_call(client: MlflowClient, what: str, call: Callable[[], T]) -> T:
-    """``call()``, a registry request about ``what``; a failure becomes a ``ModelLoadError`` naming it and the URI."""
-    try:
-        return call()
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # MLflow, SQLAlchemy and HTTP errors alike
-        uri = client.tracking_uri
-        if getattr(exc, "error_code", None) in NOT_FOUND_CODES:
-            raise ModelLoadError(f"{what}: not found in the MLflow registry at {uri}") from None
-        raise ModelLoadError(f"{what}: the MLflow registry at {uri} failed: {exc}") from None
 
 
 def model_aliases(client: MlflowClient, name: str) -> dict[str, int]:
@@ -160,8 +133,6 @@ def _download(client: MlflowClient, name: str, version: int, target: Path) -> No
 def model_folder(root: Path, label: str) -> Path:
     """The model folder inside a downloaded pyfunc model ``root``: its ``model`` artifact, with a config.json."""
     import yaml
-
-    from components.model_registry.pyfunc import MODEL_ARTIFACT
 
     mlmodel = root / MLMODEL_FILE
     try:

@@ -6,8 +6,11 @@ challenger with the champion and writes the decision tags.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CHALLENGER = "challenger"  # alias of the newest registered version
 CHAMPION = "champion"  # alias of the version in use
+MODEL_ARTIFACT = "model"  # the pyfunc artifact holding the trained model folder (models:/ resolution reads it)
 
 PREFIX = "memforge."
 GIT_COMMIT = f"{PREFIX}git_commit"  # the commit the model was trained at
@@ -24,3 +27,8 @@ PROMOTION = f"{PREFIX}promotion."  # + decision, challenger_score, champion_scor
 def eval_metric_tag(metric: str) -> str:
     """The version tag holding evaluation metric ``metric`` (``score/containment``)."""
     return f"{EVAL_METRIC}{metric}"
+
+
+def data_digest_tag(path: str | Path) -> str:
+    """The version tag holding a training dataset's digest: ``DATA_DIGEST`` + ``.`` + its path."""
+    return f"{DATA_DIGEST}.{Path(path).as_posix().lstrip('/')}"

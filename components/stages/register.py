@@ -159,7 +159,8 @@ def _prepare(
 
 def run(params: Params, tracked: StageRun) -> StageResult:
     """Register the memory writer and the long-context reader (both checked before either is registered)."""
-    from components.model_registry.register import check_registry, register
+    from components.model_registry.client import check_registry
+    from components.model_registry.register import register
 
     start = time.perf_counter()
     registrations = {"membuilder": membuilder_registration(params), "memagent": memagent_registration(params)}
