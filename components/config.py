@@ -710,11 +710,13 @@ class EvalDialogueConfig:
     )
     primary_judge: AnswerJudgeName = _f("containment", "The judge behind the headline 'score' (one of judges).")
     top_k: int = _f(10, "Memory entries (or raw turns, for rag) retrieved per question.")
-    max_conversations: int = _f(2, "Conversations evaluated, a seeded sample (0 = all).")
-    max_questions: int = _f(10, "Questions per conversation, a seeded sample (0 = all).")
+    max_conversations: int = _f(1, "Conversations evaluated, a seeded sample (0 = all; paper-gpu: all).")
+    max_questions: int = _f(10, "Questions per conversation, a seeded sample (0 = all; paper-gpu: all).")
     seed: int = _f(0, "Seed of the conversation and question samples.")
     writer_backend: Literal["transformers", "vllm"] = _f("transformers", "Generation engine of the writers.")
-    writer_max_new_tokens: int = _f(192, "Most tokens a memory agent writes per session.")
+    writer_max_new_tokens: int = _f(
+        64, "Most tokens a memory agent writes per session (the CPU smoke default; adrpo.max_completion_length on GPU)."
+    )
     writer_batch_size: int = _f(16, "Agent prompts per forward batch (transformers).")
     writer_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Writer weights dtype (float32 on CPU when auto)."

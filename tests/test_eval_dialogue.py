@@ -230,6 +230,7 @@ def stage_params(root: Path, model_dir: Path, tracking_config, source: Path = LO
         splits=(),
         sources=(SourceConfig(fmt, str(source)),),
         judges=JUDGES,
+        max_conversations=2,
         writer_max_new_tokens=12,
         writer_batch_size=8,
         answer_max_new_tokens=6,
@@ -292,12 +293,12 @@ def test_stage_end_to_end_on_the_locomo_fixture(tmp_path: Path, tiny_model_dir: 
     assert metrics["methods/rag/evidence_recall_at_k"] == 1.0
     assert {f"write_seconds/{m}" for m in ("adrpo", "base", "expert")} <= set(metrics)
     assert {f"answer_seconds/{m}" for m in methods} | {"judge_seconds"} <= set(metrics)
-    assert len(run.data.tags["memforge.eval_set_digest"]) == 32
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval_dialogue")}
     assert {"eval_dialogue/accuracy_by_category.png", "eval_dialogue/answers.json"} <= artifacts
     assert {"eval_dialogue/eval_dialogue.json", "eval_dialogue/eval_dialogue_rows.jsonl"} <= artifacts
-    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
-    assert {"eval_dialogue-locomo_small", "eval_dialogue-sample", "model"} <= inputs
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert {"eval_dialogue-locomo_small", "eval_dialogue-sample", "model"} <= set(inputs)
+    assert len(json.loads(inputs["eval_dialogue-sample"].source)["dvc_md5"]) == 32  # the sampled set's digest
 
 
 def bad_locomo(tmp_path: Path, edit) -> Path:

@@ -10,8 +10,9 @@ with ``backends.answerer``, scored by every judge of ``eval_dialogue.judges``.
 Outputs (written by ``publish``): ``report_path`` (DVC metrics: ``score`` of the first writer, per-method scores
 overall and per category, evidence recall@k, memory size), ``plot_path`` (``{method, category, accuracy}`` of the
 primary judge, a DVC bar plot), ``rows_path`` (one JSON line per question and method). MLflow also gets the rows as
-a table, the accuracy figure, the evaluated model's card, the conversations as an input dataset (tagged with the
-evaluation set's digest) and the write / answer / judge seconds.
+a table, the accuracy figure, the evaluated model's card, the conversations as input datasets (the sampled set with
+its digest) and the write / answer / judge seconds. The evaluation set's identity for promotion is computed by
+``register`` (``model_registry.register.eval_set_digest``: the input files and the params that select and score).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ TABLE = "eval_dialogue/answers.json"
 def run(params: Params, tracked: StageRun) -> StageResult:
     """Evaluate the writers of ``eval_dialogue.writers`` and the baselines on the sampled conversations."""
     from components.llm.model_assets import MODEL_CARD_FILE
-    from components.model_registry.tags import EVAL_SET_DIGEST
 
     cfg = params.eval_dialogue
     paths = split_paths(params)
@@ -83,5 +83,4 @@ def run(params: Params, tracked: StageRun) -> StageResult:
         artifacts=[(str(model_dir / MODEL_CARD_FILE), "model")],
         figures={FIGURE: accuracy_figure(table, cfg.primary_judge)},
         tables={TABLE: [row.table_row() for row in evaluation.rows]},
-        tags={EVAL_SET_DIGEST: digest},
     )

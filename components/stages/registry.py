@@ -85,6 +85,7 @@ STAGES: tuple[Stage, ...] = (
         "dialogue QA from memory: trained writers against baselines",
         (
             "eval_dialogue",
+            "ingest.output_dir",
             "memory",
             "expert.teacher",
             "backends.teacher",
