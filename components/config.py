@@ -937,17 +937,27 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
-    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (``ingest.splits.seed``)."""
+    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (``ingest.splits.seed``).
+
+    A missing file is an error (never a silent run on the defaults); an invalid override is named as coming from
+    the command line."""
     file = Path(path)
-    raw = _read_yaml(file) if file.exists() else {}
-    if file.exists() and raw is None:
-        raw = {}
+    if not file.is_file():
+        raise ConfigError(f"{file}: params file not found (run from the repository root, or pass --params PATH)")
+    raw = _read_yaml(file) or {}
     for dotted, value in (overrides or {}).items():
         raw = deep_merge(raw, _dotted_to_nested(dotted, value))
     try:
         return build_dataclass(Params, raw)
     except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
+        source = next((key for key in overrides or {} if _names_key(str(exc), key)), None)
+        where = f" (set on the command line: -S {source}=...)" if source else ""
+        raise ConfigError(f"{file}: {exc}{where}") from None
+
+
+def _names_key(message: str, dotted: str) -> bool:
+    """Whether a ``ConfigError`` message is about ``dotted`` (the key itself or a field under it)."""
+    return message.startswith((f"{dotted}:", f"{dotted}.", f"{dotted}[")) or f"'{dotted}" in message
 
 
 def _dotted_to_nested(dotted: str, value: Any) -> dict[str, Any]:

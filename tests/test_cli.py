@@ -79,16 +79,18 @@ def test_read_uses_the_promoted_champion_from_the_registry(tmp_path: Path, tiny_
     reg = registry(store)
     reg.add_version("memforge-memagent", reg.log_model(tiny_model_dir), {"mean/memagent/mean_correct": 0.5})
     settings = ["-S", f"tracking.store_dir={store.store_dir}"]
-    assert main(["--params", str(tmp_path / "none.yaml"), "promote", "--model", "memagent", *settings]) == 0
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n", encoding="utf-8")  # the defaults; -S points them at the test's store
+    assert main(["--params", str(params), "promote", "--model", "memagent", *settings]) == 0
     assert json.loads(capsys.readouterr().out)[0]["decision"] == "first_champion"
     text = tmp_path / "notes.txt"
     text.write_text("The meeting moved to Tuesday.\n" * 20, encoding="utf-8")
     args = ["read", "--question", "When?", "--file", str(text), "--model", "models:/memforge-memagent@champion"]
     reader = ["-S", "memagent.reader.chunk_tokens=64", "-S", "memagent.reader.answer_tokens=4"]
-    assert main(["--params", str(tmp_path / "none.yaml"), *args, *settings, *reader]) == 0
+    assert main(["--params", str(params), *args, *settings, *reader]) == 0
     assert json.loads(capsys.readouterr().out)["chunks"] > 1
     args[-1] = "models:/memforge-memagent@stable"
-    assert main(["--params", str(tmp_path / "none.yaml"), *args, *settings]) == 2
+    assert main(["--params", str(params), *args, *settings]) == 2
     assert "has no alias 'stable' (aliases: challenger, champion)" in capsys.readouterr().err
 
 

@@ -246,3 +246,19 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(tmp_path: P
         load_params(params)
     assert key not in str(err.value)
     assert load_params(params, {"backends.judge.api_key_env": "OPENAI_API_KEY"}).backends.judge.api_key_env
+
+
+def test_a_missing_params_file_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"absent\.yaml: params file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_an_out_of_range_override_is_named_as_coming_from_the_command_line(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("memory:\n  top_k: 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"memory\.top_k: must be >= 1, got -3 \(set on the command line: -S memory"):
+        load_params(params, {"memory.top_k": -3})
+    params.write_text("memory:\n  top_k: -3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as in_file:
+        load_params(params)
+    assert "command line" not in str(in_file.value)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.cli import main
-from components.config import RegisteredModelConfig, TrackingConfig, load_params
+from components.config import Params, RegisteredModelConfig, TrackingConfig
 from components.errors import ConfigError, ModelLoadError
 from components.model_registry import tags
 from components.model_registry.promote import (
@@ -239,12 +239,12 @@ def test_unreachable_registry_is_a_clear_error_naming_its_uri(monkeypatch: pytes
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(ModelLoadError, match=f"registered model '{NAME}': the MLflow registry at {uri} failed"):
-        promote_models(load_params(tmp_path / "absent.yaml"), "membuilder")
+        promote_models(Params(), "membuilder")
 
 
 def test_unknown_model_key_is_a_config_error_naming_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown model 'writer'; choose one of membuilder, memagent, all"):
-        promote_models(load_params(tmp_path / "absent.yaml"), "writer")
+        promote_models(Params(), "writer")
 
 
 def test_prefect_flow_calls_the_same_promotion(reg: Registry, logged: LoggedModel, tmp_path: Path) -> None:
