@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_PARAMS_FILE, load_params, parse_override
-from components.errors import MemforgeError
+from components.errors import MemforgeError, Terminated
 from components.secrets import scrub
 from components.stages.registry import STAGE_NAMES
 
@@ -247,11 +247,30 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
+    install_termination_handler()
     try:
         return func(args)
     except MemforgeError as exc:
         print(f"memforge: error: {scrub(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"memforge: {exc}; staging removed, MLflow run closed as KILLED", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def install_termination_handler() -> None:
+    """SIGTERM (``timeout``, Prefect cancellation, ``kill``) ends a command as Ctrl-C does: it raises
+    ``Terminated`` in the main thread, so staging folders are removed and the MLflow run is closed as KILLED."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,13 @@ class ModelLoadError(MemforgeError):
 
 class QualityGateError(MemforgeError):
     """Data that failed a critical quality expectation; the message names the records."""
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM: ``timeout``, Prefect cancellation, ``kill``). A ``BaseException``, like
+    ``KeyboardInterrupt``, so cleanup runs (staging removed, MLflow run closed as KILLED) and nothing catches it as
+    an ordinary error."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

@@ -44,27 +44,72 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def staging_prefix(target: Path) -> str:
+    """The name prefix of ``target``'s staging folders made by this process: ``.<name>.<pid>.``."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove ``target``'s staging and backup folders left by processes that are gone (a SIGKILL, a crash);
+    returns what was removed. Folders of live processes are left alone."""
+    removed = []
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.*"):
+        parts = candidate.name[len(target.name) + 2 :].split(".")  # [pid, random, tmp|old]
+        if not candidate.is_dir() or len(parts) != 3 or not parts[0].isdigit() or parts[2] not in ("tmp", "old"):
+            continue
+        if not pid_alive(int(parts[0])):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces ``path`` whole, on failure it is removed.
 
     The old directory is moved aside before the new one is renamed in, so a reader sees either the
-    complete old output or the complete new one, never a mix.
+    complete old output or the complete new one, never a mix. Staging and backup names carry the pid and a random
+    part, so two processes never collide, and staging left by a killed process is removed by the next swap.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backup = target.parent / f".{target.name}.old"
-    shutil.rmtree(backup, ignore_errors=True)
-    if target.exists():
-        os.replace(target, backup)
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)
+    backup = Path(tempfile.mkdtemp(prefix=staging_prefix(target), suffix=".old", dir=target.parent))
+    try:
+        if target.exists():
+            os.replace(target, backup / target.name)
+        os.replace(staging, target)
+    except BaseException:
+        if (backup / target.name).exists() and not target.exists():
+            os.replace(backup / target.name, target)  # put the previous output back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def read_text_strict(path: str | os.PathLike[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,29 @@ def test_small_corpora_keep_requested_splits_non_empty(total: int) -> None:
 def test_zero_fraction_split_stays_empty() -> None:
     counts = split_counts(10, SplitConfig(sft=0.0, rl=0.5, eval=0.5, seed=1))
     assert counts == {"sft": 0, "rl": 5, "eval": 5}
+
+
+def test_stale_staging_of_dead_processes_is_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from components.io import atomic_directory, remove_stale_staging
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    target = tmp_path / "out"
+    dead = tmp_path / f".out.{dead_pid}.abcd1234.tmp"
+    dead_backup = tmp_path / f".out.{dead_pid}.efgh5678.old"
+    live = tmp_path / f".out.{os.getpid()}.ijkl9012.tmp"
+    other = tmp_path / ".out.5.1234.mnop.tmp"  # staging of a target named "out.5", not ours
+    for folder in (dead, dead_backup, live, other):
+        folder.mkdir()
+    assert sorted(remove_stale_staging(target)) == sorted([dead, dead_backup])
+    assert live.is_dir() and other.is_dir()
+    live.rmdir()
+    with atomic_directory(target) as staging:  # a swap cleans up too, and leaves only its output
+        (staging / "a.txt").write_text("a", encoding="utf-8")
+    with atomic_directory(target) as staging:
+        (staging / "b.txt").write_text("b", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.5.1234.mnop.tmp", "out"]
+    assert [p.name for p in target.iterdir()] == ["b.txt"]

@@ -225,18 +225,58 @@ def stage_run(
     }
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
-    run = client.create_run(experiment_id, run_name=stage, tags=tags)
+    close_ghost_runs(client, experiment_id, stage)
+    run = client.create_run(experiment_id, run_name=stage, tags={**tags, **process_tags()})
     handle = StageRun(client=client, run_id=run.info.run_id)
-    if params_section:
-        handle.log_params(params_section)
     try:
+        if params_section:
+            handle.log_params(params_section)
         yield handle
     except BaseException as exc:
+        from components.errors import Terminated
+
+        status = "KILLED" if isinstance(exc, (Terminated, KeyboardInterrupt)) else "FAILED"
         with contextlib.suppress(Exception):
-            client.set_tag(run.info.run_id, "memforge.error", scrub(str(exc))[:5000])
-            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_tag(run.info.run_id, "memforge.error", scrub(str(exc) or type(exc).__name__)[:5000])
+            client.set_terminated(run.info.run_id, status=status)
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+HOST_TAG = "memforge.host"
+PID_TAG = "memforge.pid"
+
+
+def process_tags() -> dict[str, str]:
+    """The host and pid of this process, recorded on its runs so a later run can tell whether it is gone."""
+    import socket
+
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def close_ghost_runs(client: MlflowClient, experiment_id: str, stage: str) -> list[str]:
+    """Close as KILLED the RUNNING runs of ``stage`` whose process on this host is gone (a SIGKILL, a crash, a
+    machine that lost power); returns their ids. Runs of live processes, or of other hosts, are left alone."""
+    import socket
+
+    from components.io import pid_alive
+
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`memforge.stage` = '{stage}' and attributes.status = 'RUNNING'",
+        max_results=100,
+    )
+    closed = []
+    for ghost in running:
+        tags = ghost.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        client.set_tag(ghost.info.run_id, "memforge.error", f"process {pid} on {host} ended without closing its run")
+        client.set_terminated(ghost.info.run_id, status="KILLED")
+        closed.append(ghost.info.run_id)
+    return closed
 
 
 def start_pipeline_run(tracking: TrackingConfig, name: str, params: Mapping[str, Any] | None = None) -> str:
