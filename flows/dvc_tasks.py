@@ -41,10 +41,29 @@ def stage_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def dvc_executable() -> str:
+    """This environment's `dvc` (beside the interpreter), else the one on PATH."""
+    dvc = Path(sys.executable).parent / "dvc"
+    return str(dvc) if dvc.exists() else "dvc"
+
+
 def dvc_command(stage: str) -> list[str]:
     """`dvc repro --single-item <stage>`: upstream stages are their own tasks, run before this one."""
-    dvc = Path(sys.executable).parent / "dvc"
-    return [str(dvc) if dvc.exists() else "dvc", "repro", "--single-item", stage]
+    return [dvc_executable(), "repro", "--single-item", stage]
+
+
+def restore_outputs(stage: str, repo_dir: str, env: Mapping[str, str] | None = None) -> str:
+    """After ``stage`` failed: put its last good outputs back from the DVC cache (DVC removed them before running
+    the stage, so the stage's own atomic swap could not keep them); what happened, for the log and the error."""
+    command = [dvc_executable(), "checkout", "--force", stage]
+    proc = subprocess.run(command, cwd=repo_dir, env=stage_environment(env), capture_output=True, text=True)
+    if proc.returncode == 0:
+        return f"restored the last good outputs of {stage} from the DVC cache ({' '.join(command[1:])})"
+    detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no detail"]
+    return (
+        f"could not restore the outputs of {stage} from the DVC cache (none cached yet?): {detail[0]}; "
+        f"by hand: dvc checkout {stage}"
+    )
 
 
 @task(name="dvc-stage", cache_policy=NONE, task_run_name="dvc repro {stage}")
@@ -74,5 +93,7 @@ def run_dvc_stage(stage: str, repo_dir: str = ".", env: Mapping[str, str] | None
         code = proc.wait()
     text = "\n".join(tail)
     if code != 0:
-        raise StageFailed(f"dvc repro {stage} exited {code}:\n{text}")
+        restored = restore_outputs(stage, repo_dir, env)
+        logger.warning("[%s] %s", stage, restored)
+        raise StageFailed(f"dvc repro {stage} exited {code}:\n{text}\n{restored}")
     return StageOutcome(stage=stage, skipped=any(marker in text for marker in SKIP_MARKERS), log_tail=text)

@@ -91,3 +91,16 @@ def test_stale_staging_of_dead_processes_is_removed_and_live_ones_kept(tmp_path:
         (staging / "b.txt").write_text("b", encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.5.1234.mnop.tmp", "out"]
     assert [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def test_swapped_folders_and_written_files_follow_the_umask(tmp_path: Path) -> None:
+    from components.io import atomic_directory, current_umask, write_text_atomic
+
+    mask = current_umask()
+    with atomic_directory(tmp_path / "data") as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "rows.jsonl").write_text("{}\n", encoding="utf-8")
+    write_text_atomic(tmp_path / "reports" / "metrics.json", "{}\n")
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0700
+    assert (tmp_path / "data/sub/rows.jsonl").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "reports/metrics.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from components.config import (
     ADRPOConfig,
+    EvalDialogueConfig,
     EvalLongContextConfig,
     IngestConfig,
     LongContextConfig,
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 ALL_STAGES = STAGE_NAMES
 # what a new dialogue split changes: the MemBuilder chain; the long-context chain does not read dialogues
-DIALOGUE_CHAIN = ("ingest", "expert", "synth_qa", "sft", "adrpo")
+DIALOGUE_CHAIN = ("ingest", "expert", "synth_qa", "sft", "adrpo", "eval_dialogue", "register")
 
 
 def _env() -> dict[str, str]:
@@ -86,6 +87,15 @@ def make_pipeline_repo(root: Path, model_dir: Path, fixtures: Path) -> Path:
             reader=ReaderConfig(chunk_tokens=256, memory_tokens=8, answer_tokens=4),
             train=MemAgentTrainConfig(max_steps=1, save_steps=1),
             eval=EvalLongContextConfig(baseline_context_tokens=300),
+        ),
+        # the held-out split may hold no question in a corpus this small: the LoCoMo fixture always does
+        eval_dialogue=EvalDialogueConfig(
+            sources=(SourceConfig("locomo", str(fixtures / "locomo_small.json")),),
+            max_conversations=0,
+            max_questions=2,
+            writer_max_new_tokens=8,
+            answer_max_new_tokens=4,
+            full_context_tokens=1024,
         ),
     )
     (repo / "params.yaml").write_text(render_params(params), encoding="utf-8")
@@ -163,6 +173,11 @@ def test_dvc_repro_runs_then_skips_then_reruns_only_what_changed(
     assert (repo / "models/adrpo/config.json").is_file() and (repo / "checkpoints/adrpo/checkpoint-1").is_dir()
     assert (repo / "models/memagent/config.json").is_file()
     assert json.loads((repo / "reports/eval_longcontext.json").read_text())["mean"]
+    dialogue = json.loads((repo / "reports/eval_dialogue.json").read_text())
+    assert set(dialogue["methods"]) == {"adrpo", "sft", "base", "full_context", "rag", "expert"}
+    assert "containment" in dialogue["score"]
+    registered = json.loads((repo / "reports/register.json").read_text())
+    assert registered["membuilder"]["version"] == 1 and registered["memagent"]["version"] == 1
     plots = _run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], repo).stdout
     assert "reports/eval_longcontext_plots/hotpotqa.json" in plots and "reports/adrpo_reward.json" in plots
     assert "reports/eval_longcontext_plots/squad.json" in plots
@@ -237,3 +252,29 @@ def test_prefect_flow_fails_clearly_and_marks_the_mlflow_run(
     runs = client.search_runs([client.get_experiment_by_name("memforge").experiment_id])
     statuses = {r.data.tags["memforge.stage"]: r.info.status for r in runs}
     assert statuses == {"pipeline": "FAILED", "ingest": "FAILED"}
+
+
+def test_a_failed_stage_gets_its_last_good_outputs_back_from_the_dvc_cache(
+    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
+) -> None:
+    """DVC removes a stage's outputs before running it; when the stage then fails, the flow checks them out again."""
+    from prefect.states import State
+
+    from flows.pipeline import memforge_pipeline
+
+    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run([dvc, "repro", "ingest"], repo)
+    good = (repo / "data/dialogues/sft.jsonl").read_bytes()
+    broken = repo / "broken.jsonl"
+    broken.write_text('{"conversation_id": "x", "speakers": []}\n', encoding="utf-8")
+    state: State = memforge_pipeline(
+        repo_dir=str(repo),
+        stages=["ingest"],
+        params_overrides={"ingest.sources": [{"format": "jsonl", "path": str(broken)}], "pipeline.retries": 0},
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="restored the last good outputs of ingest from the DVC cache"):
+        state.result()
+    assert (repo / "data/dialogues/sft.jsonl").read_bytes() == good

@@ -308,7 +308,6 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
                 prepared.max_position_embeddings,
             )
         write_json_atomic(staging / MODEL_CARD_FILE, prepared.card())
-        apply_umask(staging)
     logger.info(
         "prepare_model: wrote %s (%d parameters, %s, %.1f MB) in %.1fs",
         out,
@@ -490,17 +489,6 @@ def chat_smoke_test(model: Any, tokenizer: Any, max_new_tokens: int = 1) -> str:
     if new_tokens.numel() < 1:
         raise ModelLoadError("chat generation produced no token")
     return tokenizer.decode(new_tokens, skip_special_tokens=False)
-
-
-def apply_umask(folder: Path) -> None:
-    """Give a staged folder and its files ordinary permissions, as the umask allows (mkdtemp creates it 0700); every
-    model folder memforge writes (prepared or trained) goes through this."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for file in folder.rglob("*"):
-        if file.is_file():
-            os.chmod(file, 0o666 & ~mask)
 
 
 def _folder_size(folder: Path) -> int:

@@ -141,10 +141,10 @@ def finish_trained_folder(
 ) -> None:
     """Check a staged trained model (saved weights and tokenizer) and complete it: reload it with plain
     ``from_pretrained`` and generate (``verify_prepared_folder``), write its ``memforge_model.json``
-    (``trained_model_card``) and give it ordinary permissions (``apply_umask``, as prepared models get). A failed
+    (``trained_model_card``); ``atomic_directory`` gives it the user's umask. A failed
     check leaves ``final_dir`` untouched."""
     from components.io import write_json_atomic
-    from components.llm.model_assets import MODEL_CARD_FILE, apply_umask, verify_prepared_folder
+    from components.llm.model_assets import MODEL_CARD_FILE, verify_prepared_folder
 
     verify_prepared_folder(staging, dtype, final_dir=final_dir)
     card = trained_model_card(
@@ -159,4 +159,3 @@ def finish_trained_folder(
         summary=summary,
     )
     write_json_atomic(staging / MODEL_CARD_FILE, card)
-    apply_umask(staging)
