@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from components.errors import InputError
+from components.errors import InputError, MemforgeError
 
 
 @contextlib.contextmanager
@@ -200,3 +200,35 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class AlreadyRunning(MemforgeError):
+    """Another process holds the lock: names what is locked and that process's pid."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created, with this pid in it) while the block runs; ``AlreadyRunning``
+    naming ``what`` and the holder's pid when another process holds it. The operating system releases it when
+    the process ends, however it ends, so a killed run never leaves a stale lock."""
+    import fcntl
+
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise AlreadyRunning(f"{what} is already running (pid {holder}); lock {file}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -74,6 +74,25 @@ def expert_runs(params: Params) -> list:
     return client.search_runs([experiment.experiment_id], "tags.`memforge.stage` = 'expert'", order_by=["start_time"])
 
 
+def test_a_second_run_of_a_running_stage_fails_at_once_naming_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.io import AlreadyRunning
+    from components.stages.runner import run_stage
+
+    params = write_workspace(tmp_path, conversations=400)
+    process = start_stage(tmp_path)
+    try:
+        wait_for_staging(process, tmp_path)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(AlreadyRunning, match=rf"stage expert is already running \(pid {process.pid}\)"):
+            run_stage("expert", params)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert [run.info.status for run in expert_runs(params)] == ["RUNNING"]  # the refused run opened none
+
+
 def test_sigterm_ends_a_stage_like_ctrl_c(tmp_path: Path) -> None:
     params = write_workspace(tmp_path, conversations=400)
     process = start_stage(tmp_path)

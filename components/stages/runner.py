@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from components.config import Params, to_dict
@@ -26,13 +27,21 @@ def params_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
     return logged
 
 
+LOCK_DIR = ".memforge/locks"  # one lock per stage and workspace (the working directory)
+
+
 def run_stage(name: str, params: Params) -> StageResult:
-    """Run stage ``name`` under its MLflow run and publish what it returns."""
+    """Run stage ``name`` under its MLflow run and publish what it returns; a second run of the same stage in the
+    same workspace fails at once (``AlreadyRunning``, naming the pid) instead of racing the first."""
+    from components.io import exclusive_lock
     from components.tracking import stage_run
 
     stage = get_stage(name)
     module = importlib.import_module(stage.module)
-    with stage_run(name, params.tracking, params_section=params_sections(params, stage.params)) as tracked:
+    with (
+        exclusive_lock(Path(LOCK_DIR) / f"{name}.lock", f"stage {name}"),
+        stage_run(name, params.tracking, params_section=params_sections(params, stage.params)) as tracked,
+    ):
         result = module.run(params, tracked)
         if not isinstance(result, StageResult):
             raise TypeError(f"{stage.module}.run returned {type(result).__name__}, not a StageResult")
