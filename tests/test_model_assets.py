@@ -527,3 +527,20 @@ def test_prepared_folder_is_byte_identical_across_runs(tiny_model_dir: Path, tmp
     first = dvc_digest(tmp_path / "base")
     prepare_model(cfg, tmp_path / "base")
     assert dvc_digest(tmp_path / "base") == first
+
+
+def test_weights_corrupted_in_place_are_detected_on_load(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Same size, garbage bytes in the tensor data: the header still parses, so only the recorded digest tells."""
+    from components.config import ModelConfig
+    from components.llm.model_assets import load_model_folder, prepare_model
+
+    out = tmp_path / "base"
+    prepared = prepare_model(ModelConfig(name_or_path=str(tiny_model_dir)), out)
+    assert set(prepared.weights_md5 or {}) == {"model.safetensors"}
+    load_model_folder(out)  # intact: loads
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # the last tensor's bytes zeroed, the size unchanged
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors: the weights differ from those recorded"):
+        load_model_folder(out)

@@ -227,6 +227,7 @@ class PreparedModel:
     eos_token: str
     size_bytes: int
     transformers_version: str
+    weights_md5: dict[str, str] | None = None  # per weight file, checked on every load (corruption in place)
     format_version: int = MODEL_CARD_VERSION
     seconds: float = 0.0  # how long preparation took: logged to MLflow, never written into the folder
 
@@ -298,6 +299,7 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
             chat_template_added=chat_template_added,
             pad_token_added=pad_token_added,
             size_bytes=_folder_size(staging),
+            weights_md5=weights_digests(staging),
             seconds=round(time.perf_counter() - started, 3),
             **facts,
         )
@@ -520,6 +522,7 @@ def load_model_folder(path: str | os.PathLike[str], dtype: str = "float32") -> t
     for file in weights:
         if file.suffix == ".safetensors":
             check_safetensors(file)
+    check_weights_digests(folder)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ModelLoadError(f"{folder}: no tokenizer (tokenizer.json / tokenizer_config.json)")
     if (folder / "tokenizer_config.json").is_file():
@@ -564,6 +567,33 @@ def _read_json(file: Path, what: str) -> Any:
         raise ModelLoadError(
             f"{file}: {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+
+
+def weights_digests(folder: Path) -> dict[str, str]:
+    """The md5 (DVC's hash) of each weight file of a model folder, by file name."""
+    from components.io import file_digest
+
+    return {file.relative_to(folder).as_posix(): file_digest(file) for file in _weight_files(folder)}
+
+
+def check_weights_digests(folder: Path) -> None:
+    """Weights that differ from the digests recorded in the folder's model card (same size, garbage bytes: a
+    corruption in place) are a ``ModelLoadError`` naming the file; folders without recorded digests pass."""
+    card = folder / MODEL_CARD_FILE
+    if not card.is_file():
+        return
+    recorded = _read_json(card, MODEL_CARD_FILE)
+    expected = recorded.get("weights_md5") if isinstance(recorded, dict) else None
+    if not isinstance(expected, dict):
+        return
+    actual = weights_digests(folder)
+    for name, digest in expected.items():
+        if actual.get(name) != digest:
+            raise ModelLoadError(
+                f"{folder / name}: the weights differ from those recorded in {MODEL_CARD_FILE} (md5 "
+                f"{actual.get(name, 'missing')}, recorded {digest}): changed or corrupted in place; restore the folder "
+                "(dvc checkout) or rerun the stage that wrote it"
+            )
 
 
 def _weight_files(folder: Path) -> list[Path]:

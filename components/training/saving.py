@@ -59,7 +59,7 @@ def trained_model_card(
     """
     import transformers
 
-    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card
+    from components.llm.model_assets import MODEL_CARD_VERSION, read_model_card, weights_digests
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     try:
@@ -89,6 +89,7 @@ def trained_model_card(
         "eos_token": str(tokenizer.eos_token),
         "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         "transformers_version": transformers.__version__,
+        "weights_md5": weights_digests(folder),
         "format_version": MODEL_CARD_VERSION,
         kind: dict(summary),
     }
