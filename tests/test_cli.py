@@ -99,3 +99,27 @@ def test_read_rejects_non_utf8_naming_the_file(tmp_path: Path, tiny_model_dir: P
     bad.write_bytes(b"fine text\n\xff\xfe broken")
     assert main(["read", "--question", "q?", "--file", str(bad), "--model", str(tiny_model_dir)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_a_failing_stage_prints_its_error_as_the_only_line(tmp_path: Path) -> None:
+    """Third-party INFO logs (MLflow creating its store, great-expectations) stay quiet; --verbose brings them back."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    missing = tmp_path / "missing.jsonl"
+    (tmp_path / "params.yaml").write_text(
+        f"ingest:\n  sources:\n  - format: jsonl\n    path: {missing}\ntracking:\n  store_dir: {tmp_path / 'mlflow'}\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"} | {"PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "components.cli", "stage", "ingest"]
+    quiet = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2
+    assert quiet.stderr.splitlines() == [f"memforge: error: {missing}: file not found"]
+    verbose = subprocess.run(
+        [*command[:3], "--verbose", *command[3:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert verbose.returncode == 2 and len(verbose.stderr.splitlines()) > 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,14 +77,20 @@ def test_expert_writes_one_record_per_training_session(ingested: Params) -> None
     assert summary["teacher"] == "oracle" and summary["metrics"]["dropped_fraction"] == 0.0
 
 
-def test_llm_teacher_outputs_that_fail_are_dropped_not_written(ingested: Params, tiny_model_dir: Path) -> None:
+def test_llm_teacher_outputs_that_fail_are_dropped_not_written(
+    ingested: Params, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     params = replace(
         ingested,
         expert=replace(ingested.expert, teacher="llm", max_conversations=1),
         backends=BackendsConfig(teacher=BackendConfig(model=str(tiny_model_dir), max_new_tokens=8)),
     )
-    result = trajectories.expert(params)
-    assert sum(result.dropped_outputs.values()) > 0
+    with caplog.at_level(logging.WARNING, logger="memforge"):
+        result = trajectories.expert(params)
+    dropped = sum(result.dropped_outputs.values())
+    assert dropped > 0
+    total = dropped + sum(result.kept_outputs.values())
+    assert f"expert: {dropped} of {total} teacher outputs unusable and dropped" in caplog.text  # said, with counts
     written = [r for split in ("sft", "rl") for r in _records(Path(params.expert.output_dir) / f"{split}.jsonl")]
     kept = sum(len(r["outputs"]) for r in written)
     assert kept == sum(result.kept_outputs.values())

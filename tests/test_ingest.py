@@ -138,9 +138,27 @@ def test_too_much_quarantine_fails_with_the_threshold(tmp_path: Path) -> None:
         record["questions"][0]["evidence"] = ["S9:9"]
     source = _write_jsonl(tmp_path / "in.jsonl", records)
     cfg = _config(tmp_path, (SourceConfig("jsonl", str(source)),), max_quarantine_fraction=0.5)
-    with pytest.raises(QualityGateError, match=r"3 of 4 conversations \(75%\).*max_quarantine_fraction=0.5"):
+    with pytest.raises(QualityGateError, match=r"3 of 4 conversations \(75%\).*max_quarantine_fraction=0.5") as err:
         ingestion.ingest(cfg)
     assert not Path(cfg.output_dir).exists()
+    # the error names what failed and points only at what exists (the failed run's validation artifact)
+    assert "failed expectations: evidence_exists (3)" in str(err.value)
+    assert "quarantine.jsonl" not in str(err.value)
+
+
+def test_a_quarantined_turn_is_kept_bounded(tmp_path: Path) -> None:
+    records = [_conversation(f"c{i}") for i in range(4)]
+    huge = "word " * 200_000  # a 1 MB turn
+    records[1]["sessions"][0]["turns"][0]["text"] = huge
+    records[1]["questions"][0]["evidence"] = ["S9:9"]
+    source = _write_jsonl(tmp_path / "in.jsonl", records)
+    cfg = _config(tmp_path, (SourceConfig("jsonl", str(source)),), max_quarantine_fraction=0.5)
+    ingestion.ingest(cfg)
+    quarantine = Path(cfg.output_dir) / "quarantine.jsonl"
+    (record,) = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    text = record["conversation"]["sessions"][0]["turns"][0]["text"]
+    assert text.endswith(f"… [{len(huge):,} characters]") and len(text) < 600
+    assert quarantine.stat().st_size < 10_000
 
 
 def test_no_conversations_is_an_error(tmp_path: Path) -> None:

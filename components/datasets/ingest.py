@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -86,13 +87,26 @@ def _batches(items: Iterable[LoadedConversation], size: int) -> Iterator[list[Lo
         yield batch
 
 
+QUARANTINE_TEXT_CHARS = 500  # a quarantined turn keeps this prefix and its size, never a 50 MB text in full
+
+
+def bounded_text(text: str, limit: int = QUARANTINE_TEXT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the cut said with the original size."""
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text):,} characters]"
+
+
 def _quarantine_record(item: LoadedConversation, failures: list[tuple[str, str]]) -> dict[str, Any]:
+    """Why a conversation was quarantined, where it came from, and the conversation with every turn bounded."""
+    conversation = conversation_to_dict(item.conversation)
+    for session in conversation["sessions"]:
+        for turn in session["turns"]:
+            turn["text"] = bounded_text(turn["text"])
     return {
         "conversation_id": item.conversation.conversation_id,
         "source_file": item.source_file,
         "record": item.record,
-        "reasons": [{"expectation": name, "detail": detail} for name, detail in failures],
-        "conversation": conversation_to_dict(item.conversation),
+        "reasons": [{"expectation": name, "detail": bounded_text(detail)} for name, detail in failures],
+        "conversation": conversation,
     }
 
 
@@ -107,6 +121,7 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
     kept_ids: list[str] = []
     critical_verdicts = []
     counts = {"read": 0, "quarantined": 0, "sessions": 0, "turns": 0, "questions": 0, "dropped_sessions": 0}
+    reasons: Counter[str] = Counter()  # quarantined conversations per failed expectation
     with atomic_directory(cfg.output_dir) as staging:
         pool_path = staging / VALIDATED_POOL
         with (
@@ -130,10 +145,11 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
                         critical_verdicts.append(verdict)
                     else:
                         counts["quarantined"] += 1
+                        reasons.update(name for name, _ in verdict.failures)
                         quarantine.write(dumps_jsonl_record(_quarantine_record(item, verdict.failures)))
                 bar.advance(len(batch))
         summary = validator.summary()
-        _enforce_gates(cfg, counts, critical_verdicts, summary)
+        _enforce_gates(cfg, counts, critical_verdicts, summary, reasons)
         split_counts = _write_splits(staging, pool_path, kept_ids, cfg)
     result = IngestResult(
         conversations_read=counts["read"],
@@ -150,7 +166,9 @@ def ingest(cfg: IngestConfig) -> tuple[IngestResult, dict[str, Any]]:
     return result, summary.validation_result
 
 
-def _enforce_gates(cfg: IngestConfig, counts: dict[str, int], critical: list[Any], summary: Any) -> None:
+def _enforce_gates(
+    cfg: IngestConfig, counts: dict[str, int], critical: list[Any], summary: Any, reasons: Counter[str]
+) -> None:
     if counts["read"] == 0:
         sources = ", ".join(f"{s.format}:{s.path}" for s in cfg.sources)
         raise InputError(sources or "ingest.sources", "no conversations were read from the configured sources")
@@ -162,8 +180,10 @@ def _enforce_gates(cfg: IngestConfig, counts: dict[str, int], critical: list[Any
     if fraction > cfg.quality.max_quarantine_fraction:
         error = QualityGateError(
             f"{counts['quarantined']} of {counts['read']} conversations ({fraction:.0%}) were quarantined, more than "
-            f"ingest.quality.max_quarantine_fraction={cfg.quality.max_quarantine_fraction}; "
-            f"see {cfg.output_dir}/quarantine.jsonl in the failed run's MLflow artifacts for the reasons"
+            f"ingest.quality.max_quarantine_fraction={cfg.quality.max_quarantine_fraction}; failed expectations: "
+            + ", ".join(f"{name} ({n})" for name, n in reasons.most_common())
+            + f". Nothing was written to {cfg.output_dir}; the failed MLflow run's artifact "
+            "ingest/ingest_validation.json lists every failing record"
         )
         error.validation_result = summary.validation_result  # type: ignore[attr-defined]
         raise error

@@ -8,6 +8,7 @@ they leave the teacher's memory unchanged.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from components.memory.construction import SessionStep, bank_factory, build_memo
 from components.memory.teachers import make_teacher
 from components.memory.types import PARTS
 from components.progress import progress
+
+log = logging.getLogger("memforge")
 
 SAMPLE_ROWS = 20
 
@@ -114,9 +117,26 @@ def expert(params: Params) -> ExpertResult:
                 result.final_core_chars += composition["core_chars"]
                 for part in PARTS[1:]:
                     result.final_entries[part] += composition[part]
+        warn_dropped(result)
         summary = {"teacher": teacher.name, "metrics": result.metrics(), "errors": dict(result.errors.most_common(20))}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def warn_dropped(result: ExpertResult) -> None:
+    """A warning with counts when teacher outputs were unusable (they are dropped, not written)."""
+    dropped = sum(result.dropped_outputs.values())
+    if dropped:
+        total = dropped + sum(result.kept_outputs.values())
+        by_part = ", ".join(f"{part} {n}" for part, n in result.dropped_outputs.items() if n)
+        common = "; ".join(f"{reason} ({n})" for reason, n in result.errors.most_common(3))
+        log.warning(
+            "expert: %d of %d teacher outputs unusable and dropped (%s); most common: %s",
+            dropped,
+            total,
+            by_part,
+            common,
+        )
 
 
 def _count(result: ExpertResult, step: SessionStep, split: str) -> None:
