@@ -277,7 +277,7 @@ def memory_requests(
 
 def rag_requests(conversations: Sequence[Conversation], cache: EmbeddingCache, top_k: int) -> list[AnswerRequest]:
     """Each question answered from the ``top_k`` raw turns most cosine-similar to it (the memory's embedder)."""
-    from components.memory.prompts import conversation_answer_messages
+    from components.memory.prompts import conversation_answer_messages, render_turn
     from components.memory.retrieval import top_k as best_columns
 
     requests = []
@@ -292,7 +292,10 @@ def rag_requests(conversations: Sequence[Conversation], cache: EmbeddingCache, t
                 Shown(turns[c][0].turn_id, texts[c], (turns[c][0].turn_id,), float(s))
                 for c, s in zip(row.tolist(), row_scores.tolist(), strict=True)
             )
-            excerpts = "\n".join(f"[{turns[c][0].turn_id}] ({turns[c][1][:10]}) {texts[c]}" for c in row.tolist())
+            excerpts = "\n".join(
+                render_turn(turns[c][0].turn_id, turns[c][0].speaker, turns[c][0].text, turns[c][1])
+                for c in row.tolist()
+            )
             messages = conversation_answer_messages(question.question, excerpts, question_date(conversation, question))
             requests.append(AnswerRequest("rag", conversation.conversation_id, question, messages, shown))
     return requests
@@ -300,10 +303,12 @@ def rag_requests(conversations: Sequence[Conversation], cache: EmbeddingCache, t
 
 def render_conversation(conversation: Conversation) -> str:
     """The whole transcript: a dated header per session, then ``[turn id] speaker: text`` lines."""
+    from components.memory.prompts import render_turn
+
     lines = []
     for session in conversation.sessions:
         lines.append(f"Session {session.session_id}, {session.timestamp}:")
-        lines.extend(f"[{turn.turn_id}] {turn.speaker}: {turn.text}" for turn in session.turns)
+        lines.extend(render_turn(turn.turn_id, turn.speaker, turn.text) for turn in session.turns)
     return "\n".join(lines)
 
 
