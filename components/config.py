@@ -241,6 +241,9 @@ class QualityConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.critical) - set(get_args(DialogueExpectation)))
         _require(not unknown, "critical", f"unknown expectation(s) {', '.join(unknown)}")
+        _at_least(self, 0, "min_turn_chars")
+        _at_least(self, 1, "max_turn_chars", "max_turns_per_session", "batch_conversations")
+        _fractions(self, "max_quarantine_fraction")
         _require(
             self.min_turn_chars <= self.max_turn_chars,
             "",

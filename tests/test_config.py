@@ -262,3 +262,24 @@ def test_an_out_of_range_override_is_named_as_coming_from_the_command_line(tmp_p
     with pytest.raises(ConfigError) as in_file:
         load_params(params)
     assert "command line" not in str(in_file.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "ingest.quality.max_quarantine_fraction=5.0",
+            r"ingest\.quality\.max_quarantine_fraction: must be in \[0, 1\]",
+        ),
+        ("ingest.quality.batch_conversations=-1", r"ingest\.quality\.batch_conversations: must be >= 1"),
+        ("ingest.quality.max_turns_per_session=0", r"ingest\.quality\.max_turns_per_session: must be >= 1"),
+        ("ingest.quality.min_turn_chars=-1", r"ingest\.quality\.min_turn_chars: must be >= 0"),
+    ],
+)
+def test_quality_sizes_and_fractions_are_range_checked(override: str, message: str, tmp_path: Path) -> None:
+    from components.config import parse_override
+
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_params(params, dict([parse_override(override)]))
