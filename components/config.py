@@ -706,6 +706,12 @@ class EvalDialogueConfig:
         "Extra evaluation sources in any ingest format (a LoCoMo release file, LongMemEval JSON, memforge JSON "
         "Lines), evaluated beside the splits; they never enter the training splits.",
     )
+    unknown_evidence: Literal["error", "drop"] = _f(
+        "error",
+        "A question citing evidence that is no turn of its conversation: 'error' stops the stage naming the file and "
+        "record; 'drop' evaluates it without those ids, with a warning and a count (released LoCoMo files carry a few "
+        "such label errors).",
+    )
     judges: tuple[AnswerJudgeName, ...] = _f(
         ("containment", "f1", "em"),
         "Judges, each reported: containment (gold in the answer, whole words), f1 and em (normalised, SQuAD "

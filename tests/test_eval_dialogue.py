@@ -9,6 +9,7 @@ numbers that need no model: evidence recall of the retrieving methods and the me
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -350,3 +351,19 @@ def test_bad_input_is_a_clear_error_and_writes_no_report(
     with pytest.raises(InputError, match=message):
         run_stage("eval_dialogue", params)
     assert not (tmp_path / "reports").exists()
+
+
+def test_unknown_evidence_can_be_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Released LoCoMo files carry a few label errors: ``unknown_evidence: drop`` evaluates them, saying how many."""
+
+    def cite_missing_turn(data: list) -> None:
+        data[1]["qa"][0]["evidence"] = ["D1:1", "D9:9"]
+
+    source = SourceConfig("locomo", str(bad_locomo(tmp_path, cite_missing_turn)))
+    with caplog.at_level(logging.WARNING):
+        loaded = dialogue.load_conversations([], [source], "drop")
+    question = loaded[1].conversation.questions[0]
+    assert question.evidence == ("D1:1",)
+    assert "dropped 1 evidence id(s)" in caplog.text
+    with pytest.raises(InputError, match=r"unknown_evidence: drop evaluates it without them"):
+        dialogue.load_conversations([], [source])

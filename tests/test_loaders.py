@@ -198,3 +198,9 @@ def test_longmemeval_abstention_questions_are_their_own_category() -> None:
 
     assert longmemeval_category("gpt4_2655b836_abs", "temporal-reasoning") == "temporal-reasoning_abstention"
     assert longmemeval_category("gpt4_2655b836", "temporal-reasoning") == "temporal-reasoning"
+
+
+def test_locomo_evidence_joined_in_one_string_is_split() -> None:
+    from components.dialogue.loaders import locomo_evidence
+
+    assert locomo_evidence(["D8:6; D9:17", "D1:3", " "]) == ("D8:6", "D9:17", "D1:3")

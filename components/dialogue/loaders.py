@@ -74,6 +74,11 @@ def _answer_text(value: Any, where: str) -> str:
 # LoCoMo: a JSON list of samples with `conversation` and `qa`
 
 
+def locomo_evidence(raw: list[Any]) -> tuple[str, ...]:
+    """LoCoMo evidence ids (``D3:5``); a few released entries join several in one string (``"D8:6; D9:17"``)."""
+    return tuple(part.strip() for item in raw for part in str(item).split(";") if part.strip())
+
+
 def locomo_sample_to_conversation(sample: Any, index: int) -> Conversation:
     """One LoCoMo sample -> a conversation; session N keeps LoCoMo's ``dia_id`` turn ids (``D1:3``)."""
     where = f"sample {index}"
@@ -126,7 +131,7 @@ def locomo_sample_to_conversation(sample: Any, index: int) -> Conversation:
                 question=_field(item, "question", str, q_where),
                 answers=answers,
                 category=LOCOMO_CATEGORIES.get(category, str(category)),
-                evidence=tuple(str(e) for e in evidence),
+                evidence=locomo_evidence(evidence),
             )
         )
     sample_id = sample.get("sample_id", f"locomo-{index}")

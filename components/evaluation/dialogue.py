@@ -59,9 +59,13 @@ def split_paths(params: Params) -> list[Path]:
     return [Path(params.ingest.output_dir) / f"{split}.jsonl" for split in params.eval_dialogue.splits]
 
 
-def load_conversations(paths: Sequence[Path], sources: Sequence[SourceConfig]) -> list[LoadedConversation]:
+def load_conversations(
+    paths: Sequence[Path], sources: Sequence[SourceConfig], unknown_evidence: str = "error"
+) -> list[LoadedConversation]:
     """Every conversation of the split files and the extra sources (the ingest loaders), each checked by
-    ``check_conversation``; a conversation id seen twice is an ``InputError`` naming both places."""
+    ``check_conversation``; a conversation id seen twice is an ``InputError`` naming both places. With
+    ``unknown_evidence="drop"`` evidence ids that are no turn of their conversation are dropped (and counted in a
+    warning) instead of stopping the stage."""
     from components.dialogue.loaders import iter_source, load_jsonl
 
     loaded: list[LoadedConversation] = []
@@ -73,6 +77,8 @@ def load_conversations(paths: Sequence[Path], sources: Sequence[SourceConfig]) -
         if source.format == "synthetic":
             raise ConfigError(f"eval_dialogue.sources[{index}]: 'synthetic' is not an evaluation file; name a file")
         loaded.extend(iter_source(source.format, source.path, source.drop_empty_sessions))
+    if unknown_evidence == "drop":
+        loaded = drop_unknown_evidence(loaded)
     seen: dict[str, LoadedConversation] = {}
     for item in loaded:
         check_conversation(item)
@@ -84,6 +90,23 @@ def load_conversations(paths: Sequence[Path], sources: Sequence[SourceConfig]) -
                 item.record,
             )
     return loaded
+
+
+def drop_unknown_evidence(loaded: Sequence[LoadedConversation]) -> list[LoadedConversation]:
+    """Each conversation with the evidence ids that are no turn of it removed; a warning counts them."""
+    cleaned, dropped = [], 0
+    for item in loaded:
+        turn_ids = item.conversation.turn_ids()
+        questions = []
+        for question in item.conversation.questions:
+            kept = tuple(e for e in question.evidence if e in turn_ids)
+            dropped += len(question.evidence) - len(kept)
+            questions.append(dataclasses.replace(question, evidence=kept))
+        conversation = dataclasses.replace(item.conversation, questions=tuple(questions))
+        cleaned.append(dataclasses.replace(item, conversation=conversation))
+    if dropped:
+        logger.warning("eval_dialogue: dropped %d evidence id(s) that are no turn of their conversation", dropped)
+    return cleaned
 
 
 def check_conversation(item: LoadedConversation) -> None:
@@ -114,7 +137,10 @@ def check_conversation(item: LoadedConversation) -> None:
             raise fail(f"{where} has no answer")
         missing = [e for e in question.evidence if e not in turn_ids]
         if missing:
-            raise fail(f"{where} cites evidence {', '.join(map(repr, missing))}, not a turn id of this conversation")
+            raise fail(
+                f"{where} cites evidence {', '.join(map(repr, missing))}, not a turn id of this conversation "
+                "(eval_dialogue.unknown_evidence: drop evaluates it without them)"
+            )
 
 
 def sample_conversations(

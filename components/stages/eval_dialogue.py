@@ -47,7 +47,7 @@ def run(params: Params, tracked: StageRun) -> StageResult:
 
     cfg = params.eval_dialogue
     paths = split_paths(params)
-    loaded = load_conversations(paths, cfg.sources)
+    loaded = load_conversations(paths, cfg.sources, cfg.unknown_evidence)
     conversations = sample_conversations(
         [item.conversation for item in loaded], cfg.max_conversations, cfg.max_questions, cfg.seed
     )
