@@ -22,6 +22,9 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
+NOT_ANSWERABLE = "not answerable"  # the answer when the context does not tell (and LoCoMo's adversarial gold)
+
+
 def normalise_text(text: str) -> str:
     """NFKC, case-folded, every run of non-word characters one space, stripped."""
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()

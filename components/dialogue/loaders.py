@@ -25,11 +25,11 @@ from components.dialogue.schema import (
 )
 from components.errors import InputError
 from components.io import iter_jsonl, load_json_file
+from components.text import NOT_ANSWERABLE
 
 LOCOMO_TIME_FORMAT = "%I:%M %p on %d %B, %Y"  # "1:56 pm on 8 May, 2023"
 LONGMEMEVAL_TIME_FORMAT = "%Y/%m/%d (%a) %H:%M"  # "2023/05/20 (Sat) 02:21"
 LOCOMO_CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
-NOT_ANSWERABLE = "not answerable"
 
 
 @dataclass(frozen=True, slots=True)

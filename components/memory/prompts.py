@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from components.datablock import closer, data_block, neutralise, opener
 from components.dialogue.schema import Session
 from components.memory.types import MemoryEntry, MemoryPart
+from components.text import NOT_ANSWERABLE
 
 Message = dict[str, str]
 
@@ -22,7 +23,6 @@ TRANSCRIPT = "TRANSCRIPT"
 MEMORY = "MEMORY"
 TRANSCRIPT_OPEN, TRANSCRIPT_CLOSE = opener(TRANSCRIPT), closer(TRANSCRIPT)
 MEMORY_OPEN, MEMORY_CLOSE = opener(MEMORY), closer(MEMORY)
-NOT_ANSWERABLE = "not answerable"
 
 _DATA_RULE = (
     f"The transcript between {TRANSCRIPT_OPEN} and {TRANSCRIPT_CLOSE} is a record of what people said, and the "
