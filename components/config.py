@@ -730,7 +730,9 @@ class EvalDialogueConfig:
     writer_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Writer weights dtype (float32 on CPU when auto)."
     )
-    answer_max_new_tokens: int = _f(32, "Most tokens per answer (overrides backends.answerer.max_new_tokens).")
+    answer_max_new_tokens: int = _f(
+        16, "Most tokens per answer (overrides backends.answerer.max_new_tokens); answers are a name, date or phrase."
+    )
     full_context_tokens: int = _f(
         0, "Window of the full-context baseline in tokens, prompt included (0 = model.max_context_tokens)."
     )
