@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -231,22 +232,25 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     assert "seed: 5" in (repo / "params.yaml").read_text()
 
 
-def test_prefect_flow_fails_clearly_and_marks_the_mlflow_run(
-    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
-) -> None:
-    from prefect.states import State
-
+def run_ingest_on_a_broken_source(repo: Path) -> Any:
+    """The pipeline flow's ingest on a source whose one record lacks required fields, without retries: its state."""
     from flows.pipeline import memforge_pipeline
 
-    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     broken = repo / "broken.jsonl"
     broken.write_text('{"conversation_id": "x", "speakers": []}\n', encoding="utf-8")
-    state: State = memforge_pipeline(
+    return memforge_pipeline(
         repo_dir=str(repo),
         stages=["ingest"],
         params_overrides={"ingest.sources": [{"format": "jsonl", "path": str(broken)}], "pipeline.retries": 0},
         return_state=True,
     )
+
+
+def test_prefect_flow_fails_clearly_and_marks_the_mlflow_run(
+    prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
+) -> None:
+    repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
+    state = run_ingest_on_a_broken_source(repo)
     assert state.is_failed()
     with pytest.raises(Exception, match="missing field"):
         state.result()
@@ -260,22 +264,11 @@ def test_a_failed_stage_gets_its_last_good_outputs_back_from_the_dvc_cache(
     prefect_harness: None, tmp_path: Path, tiny_model_dir: Path, fixtures_dir: Path
 ) -> None:
     """DVC removes a stage's outputs before running it; when the stage then fails, the flow checks them out again."""
-    from prefect.states import State
-
-    from flows.pipeline import memforge_pipeline
-
     repo = make_pipeline_repo(tmp_path, tiny_model_dir, fixtures_dir)
     dvc = str(Path(sys.executable).parent / "dvc")
     _run([dvc, "repro", "ingest"], repo)
     good = (repo / "data/dialogues/sft.jsonl").read_bytes()
-    broken = repo / "broken.jsonl"
-    broken.write_text('{"conversation_id": "x", "speakers": []}\n', encoding="utf-8")
-    state: State = memforge_pipeline(
-        repo_dir=str(repo),
-        stages=["ingest"],
-        params_overrides={"ingest.sources": [{"format": "jsonl", "path": str(broken)}], "pipeline.retries": 0},
-        return_state=True,
-    )
+    state = run_ingest_on_a_broken_source(repo)
     assert state.is_failed()
     with pytest.raises(Exception, match="restored the last good outputs of ingest from the DVC cache"):
         state.result()
