@@ -23,6 +23,7 @@ One run, one tiny model (``build_tiny_model``), one prompts dataset: a synthetic
     with MiniLM-L6 (the default embedder) unless ``--no-minilm``.
 
     python benchmarks/bench_adrpo.py                 # records results/adrpo_step.json
+    python benchmarks/bench_adrpo.py --output benchmarks/results/adrpo_step_before.json   # another record
     python benchmarks/bench_adrpo.py --no-record --rounds 1 --steps 4
 """
 
@@ -256,6 +257,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (1: on a shared 2-core machine 2 threads thrash)"
     )
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the record is written")
     args = parser.parse_args()
     import torch
 
@@ -305,12 +307,19 @@ def main() -> None:
                 "completions_per_step": 4 * cfg.sessions_per_batch * cfg.num_generations,
                 "max_completion_tokens": cfg.max_completion_length,
             },
+            "reward_settings": {
+                "attribution": cfg.attribution,
+                "attribution_alpha": cfg.attribution_alpha,
+                "length_ratio_free": cfg.length_ratio_free,
+                "length_ratio_full": cfg.length_ratio_full,
+                "length_penalty_min_token_gap": cfg.length_penalty_min_token_gap,
+            },
             "excluded_from_step_time": "the wall time of the reward function call (ADRPO: groups_from_batch + "
             "score_groups + gather; GRPO: the trivial length reward), timed around the call",
             "step_time": step,
             "reward_throughput": throughput,
         }
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        args.output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from components.rewards import (
     LLMJudge,
     SessionGroup,
     ablation_weights,
+    answer_hits_weights,
     apply_agent,
     apply_rollout,
     completion_text,
@@ -35,13 +36,13 @@ from components.rewards import (
     length_penalty,
     make_judge,
     parse_judgement,
-    ratio_length_penalty,
     retrieval_share_weights,
     rewrite_advantages,
     score_groups,
 )
 from tests.helpers import (
     ABLATION_WEIGHTS,
+    ANSWER_HITS_WEIGHTS,
     CORE_A0,
     EPI_B0,
     EXPECTED_REWARDS,
@@ -66,7 +67,7 @@ from tests.helpers import (
     session_prompt_rows,
 )
 
-CFG = ADRPOConfig()  # lambda 0.8, core (150, 400), free (0.5, 1.3), alpha 4, containment, top_k 10
+CFG = ADRPOConfig()  # lambda 0.8, core (150, 400), free (0.5, 1.3), full (0.2, 2.0), gap 200, alpha 4, top_k 10
 SQRT_HALF = 1 / math.sqrt(2)
 
 
@@ -138,19 +139,7 @@ def test_core_length_penalty_shape() -> None:
         core_length_penalty(10, 400, 150)
 
 
-def test_ratio_length_penalty_shape() -> None:
-    expert = 100
-    cases = {40: 0.2, 50: 0.0, 100: 0.0, 130: 0.0, 200: 0.7 / 1.3, 260: 1.0, 300: 1.0, 0: 1.0, 25: 0.5}
-    for tokens, expected in cases.items():
-        assert ratio_length_penalty(tokens, expert) == pytest.approx(expected), tokens
-    assert ratio_length_penalty(0, 0) == 0.0  # the expert wrote nothing and so did the policy
-    assert ratio_length_penalty(5, 0) == 1.0  # the expert wrote nothing: any output is "infinitely" longer
-    assert length_penalty("semantic", 200, 100) == pytest.approx(0.7 / 1.3)
-    assert ratio_length_penalty(10, 10, free=(0.8, 0.9)) == pytest.approx(0.1 / 0.9)
-    with pytest.raises(ValueError, match="low < high"):
-        ratio_length_penalty(1, 1, free=(1.3, 0.5))
-    with pytest.raises(ValueError, match=">= 0"):
-        ratio_length_penalty(-1, 1)
+# (the entry agents' ratio penalty, at and around every breakpoint: tests/test_rewards_published.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,11 +249,11 @@ def test_reward_is_gate_times_task_times_length_factor(cache) -> None:
     a, b = scores.groups
     assert a.task_rewards == (1.0, 0.5) and b.task_rewards == (1.0, 0.5)
     sem_a1 = a.scores["semantic"][1]
-    assert (sem_a1.format_ok, sem_a1.task_reward, sem_a1.tokens) == (True, 0.5, 26)
+    assert (sem_a1.format_ok, sem_a1.task_reward, sem_a1.tokens) == (True, 0.5, 400)
     assert sem_a1.length_penalty == pytest.approx(1.0)
     core_a1 = a.scores["core"][1]
     assert not core_a1.format_ok and core_a1.reward == 0.0 and core_a1.error.startswith("parse:")
-    assert b.scores["episodic"][1].length_penalty == pytest.approx(0.2)
+    assert b.scores["episodic"][1].length_penalty == pytest.approx(1 / 3)
     assert b.scores["core"][1].length_penalty == 1.0
     # every rollout score carries its factors; the product holds for all of them
     for s in scores.flat():
@@ -274,31 +263,53 @@ def test_reward_is_gate_times_task_times_length_factor(cache) -> None:
 def test_retrieval_share_weights_and_advantages_by_hand(cache) -> None:
     judge = CountingJudge()
     scores = score_groups(make_groups(cache), judge, CFG, count_tokens)
-    assert len(judge.calls) == 1
+    assert len(judge.calls) == 1 and scores.attribution == "retrieval_share"
     a, b = scores.groups
-    assert a.contributions == {"core": 1.0, "episodic": 0.0, "semantic": 2.0, "procedural": 0.0}
-    assert b.contributions == {"core": 1.0, "episodic": 1.0, "semantic": 0.0, "procedural": 2.0}
-    assert {g.group_id: dict(g.weights) for g in scores.groups} == RETRIEVAL_WEIGHTS
+    # per rollout: entries retrieved for the 2 questions (all entries: fewer than top_k); core is never retrieved
+    assert a.contributions == ({"core": 0.0, "episodic": 0.0, "semantic": 2.0, "procedural": 0.0},) * 2
+    assert b.contributions == ({"core": 0.0, "episodic": 2.0, "semantic": 2.0, "procedural": 2.0},) * 2
+    assert {g.group_id: [dict(w) for w in g.weights] for g in scores.groups} == {
+        g: [w, w] for g, w in RETRIEVAL_WEIGHTS.items()
+    }
     batch = scores.batch()  # flat order: group A then B; parts core, episodic, semantic, procedural; r0, r1
     np.testing.assert_allclose(
-        batch.rewards, np.concatenate([[0.6, 0, 1, 0, 1, 0.1, 1, 0.5], [1, 0.1, 1, 0.42, 1, 0, 1, 0.5]]), atol=1e-12
+        batch.rewards,
+        np.concatenate([[0.6, 0, 1, 0, 1, 0.1, 1, 0.5], [1, 0.1, 1, 11 / 30, 1, 0, 1, 0.5]]),
+        atol=1e-12,
     )
     assert batch.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
-    np.testing.assert_array_equal(batch.weights, np.concatenate([[1, 1, 1, 1, 4, 4, 1, 1], [1, 1, 1, 1, 1, 1, 4, 4]]))
+    np.testing.assert_array_equal(batch.weights, np.concatenate([[1, 1, 1, 1, 4, 4, 1, 1], [1, 1, 4, 4, 1, 1, 1, 1]]))
     # no std scaling: A'_i = w * (r_i - mean), mean of a pair = midpoint, so +-w * (r0 - r1) / 2
     #  A: core .6 -> +-.3, epi 1 -> +-.5, sem .9 * 4 -> +-1.8, pro .5 -> +-.25
-    #  B: core .9 -> +-.45, epi .58 -> +-.29, sem 1 -> +-.5, pro .5 * 4 -> +-1.0
+    #  B: core .9 -> +-.45, epi (19/30) * 4 -> +-19/15, sem 1 -> +-.5, pro .5 -> +-.25
     unscaled = np.concatenate(
-        [[0.3, -0.3, 0.5, -0.5, 1.8, -1.8, 0.25, -0.25], [0.45, -0.45, 0.29, -0.29, 0.5, -0.5, 1.0, -1.0]]
+        [[0.3, -0.3, 0.5, -0.5, 1.8, -1.8, 0.25, -0.25], [0.45, -0.45, 19 / 15, -19 / 15, 0.5, -0.5, 0.25, -0.25]]
     )
     np.testing.assert_allclose(batch.advantages(scale_by_std=False), unscaled, atol=1e-12)
     # std scaling, eps 0: a pair (x, y), x != y, has unbiased std |x - y| / sqrt(2), so A = +-w / sqrt(2)
-    scaled = np.concatenate([[1, -1, 1, -1, 4, -4, 1, -1], [1, -1, 1, -1, 1, -1, 4, -4]]) * SQRT_HALF
+    scaled = np.concatenate([[1, -1, 1, -1, 4, -4, 1, -1], [1, -1, 4, -4, 1, -1, 1, -1]]) * SQRT_HALF
     np.testing.assert_allclose(batch.advantages(eps=0.0), scaled, atol=1e-12)
     # default eps (1e-4): A = w * (d / 2) / (d / sqrt(2) + 1e-4), d = |r0 - r1|
     d = np.repeat(np.abs(batch.rewards[0::2] - batch.rewards[1::2]), 2)
     signs = np.tile([1, -1], 8)
     np.testing.assert_allclose(batch.advantages(), batch.weights * signs * (d / 2) / (d * SQRT_HALF + 1e-4))
+
+
+def test_answer_hits_weights_by_hand(cache) -> None:
+    scores = score_groups(make_groups(cache), CountingJudge(), ADRPOConfig(attribution="answer_hits"), count_tokens)
+    a, b = scores.groups
+    # pooled over both rollouts: the same contributions and weights for r0 and r1
+    assert a.contributions == ({"core": 1.0, "episodic": 0.0, "semantic": 2.0, "procedural": 0.0},) * 2
+    assert b.contributions == ({"core": 1.0, "episodic": 1.0, "semantic": 0.0, "procedural": 2.0},) * 2
+    assert {g.group_id: [dict(w) for w in g.weights] for g in scores.groups} == {
+        g: [w, w] for g, w in ANSWER_HITS_WEIGHTS.items()
+    }
+    for key, expected in EXPECTED_REWARDS.items():  # the weights never touch the rewards
+        assert _rewards_by_group_part(scores)[key] == pytest.approx(expected), key
+    batch = scores.batch()
+    np.testing.assert_array_equal(batch.weights, np.concatenate([[1, 1, 1, 1, 4, 4, 1, 1], [1, 1, 1, 1, 1, 1, 4, 4]]))
+    scaled = np.concatenate([[1, -1, 1, -1, 4, -4, 1, -1], [1, -1, 1, -1, 1, -1, 4, -4]]) * SQRT_HALF
+    np.testing.assert_allclose(batch.advantages(eps=0.0), scaled, atol=1e-12)
 
 
 def test_ablation_weights_and_advantages_by_hand(cache) -> None:
@@ -312,17 +323,20 @@ def test_ablation_weights_and_advantages_by_hand(cache) -> None:
     assert a.ablated_task_rewards["core"] == (0.5, 0.5)  # r1's core failed: its ablation is the full memory
     assert a.ablated_task_rewards["semantic"] == (0.5, 0.0)
     assert b.ablated_task_rewards["procedural"] == (0.5, 0.5)
-    assert a.contributions == pytest.approx({"core": 0.25, "episodic": 0.0, "semantic": 0.5, "procedural": 0.0})
-    assert b.contributions == pytest.approx({"core": 0.0, "episodic": 0.25, "semantic": 0.0, "procedural": 0.25})
-    assert {g.group_id: dict(g.weights) for g in scores.groups} == ABLATION_WEIGHTS
+    for r in range(2):  # per session: the same for both rollouts
+        assert a.contributions[r] == pytest.approx({"core": 0.25, "episodic": 0.0, "semantic": 0.5, "procedural": 0})
+        assert b.contributions[r] == pytest.approx({"core": 0.0, "episodic": 0.25, "semantic": 0.0, "procedural": 0.25})
+    assert {g.group_id: [dict(w) for w in g.weights] for g in scores.groups} == {
+        g: [w, w] for g, w in ABLATION_WEIGHTS.items()
+    }
     got = _rewards_by_group_part(scores)
     for key, expected in EXPECTED_REWARDS.items():  # the weights never touch the rewards
         assert got[key] == pytest.approx(expected), key
     batch = scores.batch()
     np.testing.assert_array_equal(batch.weights, np.concatenate([[2, 2, 1, 1, 4, 4, 1, 1], [1, 1, 4, 4, 1, 1, 4, 4]]))
-    #  A: core .3 * 2 -> .6, epi .5, sem .45 * 4 -> 1.8, pro .25;  B: core .45, epi .29 * 4 -> 1.16, sem .5, pro 1.0
+    #  A: core .3 * 2 -> .6, epi .5, sem .45 * 4 -> 1.8, pro .25;  B: core .45, epi 19/60 * 4 -> 19/15, sem .5, pro 1
     unscaled = np.concatenate(
-        [[0.6, -0.6, 0.5, -0.5, 1.8, -1.8, 0.25, -0.25], [0.45, -0.45, 1.16, -1.16, 0.5, -0.5, 1.0, -1.0]]
+        [[0.6, -0.6, 0.5, -0.5, 1.8, -1.8, 0.25, -0.25], [0.45, -0.45, 19 / 15, -19 / 15, 0.5, -0.5, 1.0, -1.0]]
     )
     np.testing.assert_allclose(batch.advantages(scale_by_std=False), unscaled, atol=1e-12)
     scaled = np.concatenate([[2, -2, 1, -1, 4, -4, 1, -1], [1, -1, 4, -4, 1, -1, 4, -4]]) * SQRT_HALF
@@ -330,7 +344,7 @@ def test_ablation_weights_and_advantages_by_hand(cache) -> None:
 
 
 def test_one_judge_call_and_one_embedding_call_per_score_groups(cache) -> None:
-    for mode in ("retrieval_share", "ablation"):
+    for mode in ("retrieval_share", "answer_hits", "ablation"):
         local = EmbeddingCache(HashingEmbedder())
         judge = CountingJudge()
         scores = score_groups(make_groups(local), judge, ADRPOConfig(attribution=mode), count_tokens)
@@ -368,10 +382,13 @@ def test_rewrite_advantages_hand_computed_numpy_and_torch() -> None:
 
 
 def test_weight_formulas() -> None:
-    assert retrieval_share_weights({"core": 3, "semantic": 3, "episodic": 1}, 4) == {
+    assert answer_hits_weights({"core": 3, "semantic": 3, "episodic": 1}, 4) == {
         "core": 4.0, "episodic": 1.0, "semantic": 4.0, "procedural": 1.0,  # ties: every dominant part gets alpha
     }  # fmt: skip
-    assert retrieval_share_weights({}, 4) == dict.fromkeys(PARTS, 1.0)
+    assert answer_hits_weights({}, 4) == dict.fromkeys(PARTS, 1.0)
+    assert retrieval_share_weights({"core": 9, "semantic": 3, "episodic": 1}, 4) == {
+        "core": 1.0, "episodic": 1.0, "semantic": 4.0, "procedural": 1.0,  # core is never weighted
+    }  # fmt: skip
     assert ablation_weights({"core": 0.1, "episodic": 0.4, "semantic": -0.2}, 4) == {
         "core": 1.0, "episodic": 4.0, "semantic": 1.0, "procedural": 1.0,
     }  # fmt: skip
@@ -390,7 +407,8 @@ def test_stats_for_mlflow(cache) -> None:
     assert stats["reward_mean"] == pytest.approx(np.mean([r for v in EXPECTED_REWARDS.values() for r in v]))
     assert stats["reward_mean_semantic"] == pytest.approx((1 + 0.1 + 1 + 0) / 4)
     assert stats["attribution_weight_mean_semantic"] == 2.5 and stats["attribution_weight_mean_core"] == 1.0
-    assert stats["attribution_dominant_rate_procedural"] == 0.5
+    assert stats["attribution_dominant_rate_episodic"] == 0.5  # session B's two rollouts of four
+    assert stats["attribution_dominant_rate_procedural"] == 0.0
     assert stats["length_penalty_mean_core"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
     assert stats["zero_std_group_rate"] == 0.0
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
@@ -402,6 +420,10 @@ def test_stats_for_mlflow(cache) -> None:
         ("length_penalty_lambda", 1.5),
         ("core_penalty_tokens", (400, 150)),
         ("length_ratio_free", (0.5,)),
+        ("length_ratio_full", (0.2,)),
+        ("length_ratio_full", (0.6, 2.0)),  # must enclose the free range
+        ("length_ratio_full", (0.2, 1.3)),
+        ("length_penalty_min_token_gap", -1),
         ("attribution_alpha", 0.5),
     ],
 )
@@ -481,7 +503,7 @@ def tiny_backend(tiny_model_dir: Path):
 def test_llm_judge_batches_one_generate_per_backend_with_the_tiny_model(cache, tiny_backend) -> None:
     answerer, grader = CountingBackend(tiny_backend), CountingBackend(tiny_backend)
     judge = LLMJudge(answerer, grader, top_k=CFG.answer_top_k)
-    for mode in ("retrieval_share", "ablation"):
+    for mode in ("retrieval_share", "answer_hits", "ablation"):
         answerer.calls.clear()
         grader.calls.clear()
         scores = score_groups(make_groups(cache), judge, ADRPOConfig(attribution=mode), tiny_backend.count_tokens)

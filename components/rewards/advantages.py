@@ -11,9 +11,11 @@ rewards are all equal (a single element included) gets advantage exactly 0 (no 0
 
     A'_i = w_i * A_i
 
-In ADRPO a group is one (session, part) and every element of it carries the same weight ``w_part``
-(``components.rewards.attribution``), so the weight rescales the whole group's advantages: the reward (and
-hence the group mean and std) is untouched, and a group whose rewards are all equal stays at 0.
+In ADRPO a group is one (session, part); each element (one rollout's completion for that part) carries its own
+rollout's weight for the part (``components.rewards.attribution``: under the published ``retrieval_share``, alpha
+for the agent of the memory type that rollout's retrieval was dominated by). The weight rescales the advantage
+only: the reward (and hence the group mean and std) is untouched, and a group whose rewards are all equal stays
+at 0.
 
 Computation is in float64 numpy; a torch input gives a torch output with the input's dtype and device
 (torch is imported only when a torch tensor comes in).

@@ -18,10 +18,13 @@ session groups (``components.rewards.rollouts.SessionGroup``):
    with ``format_gate`` in {0, 1} (the output parsed and applied to the pre-session bank), ``lambda`` =
    ``cfg.length_penalty_lambda`` (in [0, 1], so rewards stay in [0, 1]) and ``length_penalty`` from
    ``components.rewards.penalties`` (core: ``core_length_penalty(tokens, *cfg.core_penalty_tokens)``; other
-   parts: ``ratio_length_penalty(tokens, expert_tokens, cfg.length_ratio_free)``);
-5. per session group, contribution weights per part (``cfg.attribution``; exact formulas in
-   ``components.rewards.attribution``), which multiply the ADVANTAGES of the (session, part) GRPO group:
-   ``A'_i = w_part * (r_i - mean_group(r)) / (std_group(r) + eps)`` (``rewrite_advantages``).
+   parts: ``ratio_length_penalty(tokens, expert_tokens, cfg.length_ratio_free, cfg.length_ratio_full,
+   cfg.length_penalty_min_token_gap)``, tokens of the whole output and of the expert's output for that agent);
+5. per rollout r, a contribution weight per part (``cfg.attribution``; exact formulas in
+   ``components.rewards.attribution``): ``retrieval_share`` (published) from rollout r's own retrievals, so it may
+   differs between rollouts; ``answer_hits`` and ``ablation`` per session, the same for its G rollouts. The
+   weight of (r, p) multiplies the ADVANTAGE of agent p's completion in rollout r within the (session, part)
+   GRPO group: ``A'_i = w_i * (r_i - mean_group(r)) / (std_group(r) + eps)`` (``rewrite_advantages``).
 
 ``GroupScores.gather(layout)`` lines the results up with a TRL batch (``groups_from_batch``);
 ``GroupScores.stats()`` gives flat MLflow metrics.
@@ -39,17 +42,22 @@ from components.memory.bank import MemoryBank
 from components.memory.embedder import EmbeddingCache
 from components.memory.types import ENTRY_PARTS, PARTS, MemoryPart
 from components.rewards.advantages import DEFAULT_EPS, rewrite_advantages
-from components.rewards.attribution import ablation_weights, retrieval_counts, retrieval_share_weights
+from components.rewards.attribution import (
+    ATTRIBUTION_MODES,
+    ablation_weights,
+    answer_hit_counts,
+    answer_hits_weights,
+    retrieval_counts,
+    retrieval_share_weights,
+)
 from components.rewards.judges import Judge, JudgeItem, Verdict
 from components.rewards.penalties import core_length_penalty, ratio_length_penalty
 from components.rewards.rollouts import BatchLayout, ParsedOutput, SessionGroup, apply_rollout, parse_output
 
-ATTRIBUTION_MODES = ("retrieval_share", "ablation")
-
 
 @dataclass(frozen=True, slots=True)
 class RolloutScore:
-    """One agent's rollout: its reward and every factor of it, plus its part's attribution weight."""
+    """One agent's rollout: its reward and every factor of it, plus its attribution weight in this rollout."""
 
     group_index: int
     group_id: str
@@ -68,16 +76,18 @@ class RolloutScore:
 class GroupScore:
     """One session group's results.
 
-    ``task_rewards[r]``: fraction of questions answered from rollout r's memory. ``contributions``: per part,
-    the supporting-hit count (retrieval_share) or the mean task-reward drop when left out (ablation).
-    ``ablated_task_rewards[p][r]``: task reward of rollout r without p (ablation mode only; equals
+    ``task_rewards[r]``: fraction of questions answered from rollout r's memory. ``contributions[r][p]``: what
+    the weight of part p in rollout r was computed from: rollout r's retrieved entries of p (retrieval_share), the
+    session's answer-bearing hits of p (answer_hits) or p's mean task-reward drop when left out (ablation); the
+    last two are the same for every r. ``weights[r][p]``: the attribution weight of agent p's completion in
+    rollout r. ``ablated_task_rewards[p][r]``: task reward of rollout r without p (ablation mode only; equals
     ``task_rewards[r]`` when p changed nothing in r). ``verdicts[r][q]``: question q on rollout r's memory.
     """
 
     group_id: str
     task_rewards: tuple[float, ...]
-    contributions: Mapping[MemoryPart, float]
-    weights: Mapping[MemoryPart, float]
+    contributions: tuple[Mapping[MemoryPart, float], ...]
+    weights: tuple[Mapping[MemoryPart, float], ...]
     scores: Mapping[MemoryPart, tuple[RolloutScore, ...]]
     verdicts: tuple[tuple[Verdict, ...], ...]
     ablated_task_rewards: Mapping[MemoryPart, tuple[float, ...]] = field(default_factory=dict)
@@ -132,7 +142,12 @@ class GroupScores:
         return _batch(picked)
 
     def stats(self) -> dict[str, float]:
-        """Flat metrics: reward/task/penalty means and stds, format failure rates, weights; overall and per part."""
+        """Flat metrics: reward/task/penalty means and stds, format failure rates, weights; overall and per part.
+
+        ``attribution_weight_mean_{p}``: part p's weight averaged over every rollout of every group;
+        ``attribution_dominant_rate_{p}``: the share of rollouts in which p alone or jointly has the largest weight
+        and it is above 1.
+        """
         scores = self.flat()
         out: dict[str, float] = {
             "groups": float(len(self.groups)),
@@ -149,14 +164,14 @@ class GroupScores:
         out["task_reward_std"] = float(tasks.std())
         flat_groups = [s for group in self.groups for s in group.scores.values()]
         out["zero_std_group_rate"] = float(np.mean([len({s.reward for s in g}) == 1 for g in flat_groups]))
+        rollout_weights = [weights for group in self.groups for weights in group.weights]
         for part in PARTS:
             part_scores = [s for s in scores if s.part == part]
             if part_scores:
                 out.update(_summary(part_scores, f"_{part}"))
-            weights = [group.weights[part] for group in self.groups]
-            out[f"attribution_weight_mean_{part}"] = float(np.mean(weights))
+            out[f"attribution_weight_mean_{part}"] = float(np.mean([w[part] for w in rollout_weights]))
             out[f"attribution_dominant_rate_{part}"] = float(
-                np.mean([g.weights[part] > 1 and g.weights[part] == max(g.weights.values()) for g in self.groups])
+                np.mean([w[part] > 1 and w[part] == max(w.values()) for w in rollout_weights])
             )
         return out
 
@@ -188,20 +203,48 @@ class _Settings:
     lam: float
     core_tokens: tuple[int, int]
     free: tuple[float, float]
+    full: tuple[float, float]
+    min_token_gap: int
     alpha: float
     attribution: str
 
 
 def _settings(cfg: ADRPOConfig) -> _Settings:
     """The reward settings of ``cfg`` (ADRPOConfig checked their ranges when it was built)."""
-    core, free = cfg.core_penalty_tokens, cfg.length_ratio_free
+    core, free, full = cfg.core_penalty_tokens, cfg.length_ratio_free, cfg.length_ratio_full
+    if cfg.attribution not in ATTRIBUTION_MODES:
+        raise ValueError(f"unknown attribution mode {cfg.attribution!r}; expected one of {ATTRIBUTION_MODES}")
     return _Settings(
         float(cfg.length_penalty_lambda),
         (int(core[0]), int(core[1])),
         (float(free[0]), float(free[1])),
+        (float(full[0]), float(full[1])),
+        int(cfg.length_penalty_min_token_gap),
         float(cfg.attribution_alpha),
         cfg.attribution,
     )
+
+
+def _attribute(
+    settings: _Settings,
+    verdicts: Sequence[Sequence[Verdict]],
+    tasks: Sequence[float],
+    ablated: Mapping[MemoryPart, Sequence[float]],
+) -> tuple[tuple[dict[MemoryPart, float], ...], tuple[dict[MemoryPart, float], ...]]:
+    """Per rollout, (contributions, weights) of one session group under ``settings.attribution``."""
+    g = len(tasks)
+    if settings.attribution == "retrieval_share":
+        counts = [retrieval_counts(verdicts[r]) for r in range(g)]
+        contributions = tuple({part: float(c[part]) for part in PARTS} for c in counts)
+        return contributions, tuple(retrieval_share_weights(c, settings.alpha) for c in counts)
+    if settings.attribution == "answer_hits":
+        pooled = answer_hit_counts(v for r in range(g) for v in verdicts[r])
+        shared = {part: float(pooled[part]) for part in PARTS}
+        weights = answer_hits_weights(pooled, settings.alpha)
+    else:
+        shared = {part: float(np.mean([tasks[r] - ablated[part][r] for r in range(g)])) for part in PARTS}
+        weights = ablation_weights(shared, settings.alpha)
+    return (shared,) * g, (weights,) * g
 
 
 class _Memo:
@@ -316,15 +359,11 @@ def score_groups(
     for gi, group in enumerate(groups):
         g = group.num_generations
         tasks = tuple(_task(full[gi, r]) for r in range(g))
-        if settings.attribution == "retrieval_share":
-            counts = retrieval_counts(v for r in range(g) for v in full[gi, r])
-            contributions = {part: float(counts[part]) for part in PARTS}
-            weights = retrieval_share_weights(counts, settings.alpha)
-            ablated: dict[MemoryPart, tuple[float, ...]] = {}
-        else:
+        ablated: dict[MemoryPart, tuple[float, ...]] = {}
+        if settings.attribution == "ablation":
             ablated = {part: tuple(ablated_task.get((gi, r, part), tasks[r]) for r in range(g)) for part in PARTS}
-            contributions = {part: float(np.mean([tasks[r] - ablated[part][r] for r in range(g)])) for part in PARTS}
-            weights = ablation_weights(contributions, settings.alpha)
+        verdicts_by_rollout = tuple(full[gi, r] for r in range(g))
+        contributions, weights = _attribute(settings, verdicts_by_rollout, tasks, ablated)
         scores: dict[MemoryPart, tuple[RolloutScore, ...]] = {}
         for part in group.scored_parts:
             expert_tokens = memo.tokens(group.expert_outputs[part]) if part != "core" else 0
@@ -335,12 +374,14 @@ def score_groups(
                 if part == "core":
                     penalty = core_length_penalty(tokens, *settings.core_tokens)
                 else:
-                    penalty = ratio_length_penalty(tokens, expert_tokens, settings.free)
+                    penalty = ratio_length_penalty(
+                        tokens, expert_tokens, settings.free, settings.full, settings.min_token_gap
+                    )
                 gate = 1.0 if outcome.ok else 0.0
                 reward = gate * tasks[r] * (1.0 - settings.lam * penalty)
                 part_scores.append(
                     RolloutScore(
-                        gi, group.group_id, part, r, reward, outcome.ok, tasks[r], penalty, tokens, weights[part],
+                        gi, group.group_id, part, r, reward, outcome.ok, tasks[r], penalty, tokens, weights[r][part],
                         outcome.error,
                     )
                 )  # fmt: skip
@@ -352,7 +393,7 @@ def score_groups(
                 contributions=contributions,
                 weights=weights,
                 scores=scores,
-                verdicts=tuple(full[gi, r] for r in range(g)),
+                verdicts=verdicts_by_rollout,
                 ablated_task_rewards=ablated,
             )
         )
