@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from components.dialogue.synthetic import iter_conversations
 from components.memory.bank import MemoryBank
 from components.memory.construction import SessionStep, apply_output, build_memories, session_prompts
 from components.memory.embedder import EmbeddingCache, HashingEmbedder
-from components.memory.prompts import TRANSCRIPT_CLOSE, TRANSCRIPT_OPEN, answer_messages
+from components.memory.prompts import (
+    CORE_FULL_PERCENT,
+    TRANSCRIPT_CLOSE,
+    TRANSCRIPT_OPEN,
+    agent_messages,
+    answer_messages,
+    core_usage_percent,
+)
 from components.memory.teachers import (
     LABELS,
     HeuristicTeacher,
@@ -22,7 +30,7 @@ from components.memory.teachers import (
     OracleTeacher,
     TeacherRequest,
 )
-from components.memory.types import ENTRY_PARTS, PARTS, EntryAdd
+from components.memory.types import ENTRY_PARTS, PARTS, CoreAppend, EntryAdd
 
 MEMORY = MemoryConfig(embedder="hashing")
 
@@ -71,6 +79,60 @@ def test_agent_prompt_shows_session_date_turn_ids_and_entries(make_bank) -> None
     assert "Current core memory" in messages["core"][1]["content"]
     answer = answer_messages("Where does she live?", "Ingrid lives in Oslo.", [], "2023-05-01")
     assert "not answerable" in answer[0]["content"] and "Ingrid lives in Oslo." in answer[1]["content"]
+
+
+def test_core_agent_sees_how_full_the_core_is_against_the_configured_budget() -> None:
+    bank = MemoryBank(
+        MemoryConfig(embedder="hashing", core_max_chars=200, core_compress_to_chars=120),
+        cache=EmbeddingCache(HashingEmbedder()),
+    )
+    profile = "Ann's city of residence: Rome. Ann's pet: Miso ok."
+    assert len(profile) == 50  # a quarter of the 200-character budget
+    bank.apply_core(CoreAppend(text=profile), session_id="S1", turn_ids_all=())
+    session = Session("S2", "2023-05-07T10:00", (Turn("S2:1", "Ann", "I adopted a cat yesterday."),))
+    prompts = session_prompts(bank, session, top_k=3)
+    assert "Core memory usage: 25% of 200 characters." in prompts["core"][1]["content"]
+    assert f"over {CORE_FULL_PERCENT}% full" in prompts["core"][0]["content"]
+    for part in PARTS:
+        assert prompts[part][1]["content"].startswith("Session S2, date 2023-05-07T10:00 (Sunday).")
+        assert ("Core memory usage" in prompts[part][1]["content"]) == (part == "core")
+    assert core_usage_percent("", 200) == 0 and core_usage_percent("x" * 199, 200) == 100
+
+
+def test_each_agent_is_told_what_one_entry_is_and_the_episodic_agent_the_date_rules() -> None:
+    session = Session("S1", "2023-05-07T10:00", (Turn("S1:1", "Ann", "Hi."),))
+    system = {part: agent_messages(part, session, "", [])[0]["content"] for part in PARTS}
+    assert "one per line" in system["core"]
+    assert "One entry = one event" in system["episodic"]
+    assert "One entry = one fact" in system["semantic"]
+    assert "One entry = one routine" in system["procedural"]
+    assert (
+        '"yesterday" = the day before' in system["episodic"] and "the session date when no time" in system["episodic"]
+    )
+    assert not any("yesterday" in system[part] for part in ("core", "semantic", "procedural"))
+
+
+def test_oracle_episodic_dates_follow_the_prompts_date_rules(make_bank) -> None:
+    """The expert's episodic outputs (SFT targets) do what the prompt asks: absolute YYYY-MM-DD dates, relative
+    words counted back from the session date."""
+    from datetime import date, timedelta
+
+    from components.dialogue.synthetic import WHEN
+
+    steps: list[SessionStep] = []
+    build_memories(_synthetic(12), OracleTeacher(fallback=HeuristicTeacher()), make_bank, 5, on_step=steps.append)
+    checked = 0
+    for step in steps:
+        day = date.fromisoformat(step.session.timestamp[:10])
+        said = {turn.turn_id: turn.text for turn in step.session.turns}
+        for op in json.loads(step.outputs["episodic"]):
+            assert len(op["date"]) == 10 and date.fromisoformat(op["date"])  # absolute, YYYY-MM-DD
+            text = " ".join(said[t] for t in op["turns"])
+            offsets = [offset for phrase, offset in WHEN if phrase in text]
+            if offsets:
+                assert op["date"] == (day - timedelta(days=offsets[0])).isoformat(), (text, step.session.timestamp)
+                checked += 1
+    assert checked >= 10
 
 
 def test_oracle_memory_is_exact(make_bank) -> None:

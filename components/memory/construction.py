@@ -76,7 +76,9 @@ def session_query(session: Session) -> str:
 def session_prompts(bank: MemoryBank, session: Session, top_k: int) -> dict[MemoryPart, list[dict[str, str]]]:
     """The four agents' prompts: each sees the top-k entries of its own part most related to the session."""
     query = session_query(session)
-    prompts: dict[MemoryPart, list[dict[str, str]]] = {"core": agent_messages("core", session, bank.core, [])}
+    prompts: dict[MemoryPart, list[dict[str, str]]] = {
+        "core": agent_messages("core", session, bank.core, [], core_max_chars=bank.config.core_max_chars)
+    }
     for part in ENTRY_PARTS:
         retrieved = bank.retrieve([query], parts=(part,), k=top_k)[0] if len(bank.entries(part)) else []
         prompts[part] = agent_messages(part, session, bank.core, [hit.entry for hit in retrieved])
