@@ -148,6 +148,12 @@ class ModelConfig:
         "float32", "Weight dtype written to models/base (float32 on CPU, bfloat16 on GPU)."
     )
     max_context_tokens: int = _f(2048, "Context window recorded with the model; later stages read it.")
+    training_scope: Literal["smoke", "full"] = _f(
+        "smoke",
+        "smoke = the CPU default: every stage runs, but no useful model is trained (profile gpu-small trains one on "
+        "a GPU); full = a profile meant to train. Written into every model card and registered version down the "
+        "lineage.",
+    )
     output_dir: str = _f("models/base", "Where the prepared model folder is written.")
     report_path: str = _f("reports/prepare_model.json", "Model size and shape (a DVC metrics file).")
 
@@ -446,6 +452,11 @@ class SFTConfig:
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha.")
     learning_rate: float = _f(1e-5, "Learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
+        "linear", "Learning-rate schedule after the warm-up (TRL's default: linear decay to 0)."
+    )
+    warmup_ratio: float = _f(0.0, "Share of the optimizer steps spent warming the learning rate up from 0, in [0, 1).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping: the largest gradient norm (> 0).")
     epochs: float = _f(1.0, "Epochs over the trajectories.")
     max_steps: int = _f(
         2, "Stop after this many optimizer steps (-1 = run the epochs). The CPU default is a smoke run."
@@ -469,7 +480,8 @@ class SFTConfig:
         _distinct(self, "splits")
         _at_least(self, 1, "lora_r", "lora_alpha", "per_device_batch_size", "gradient_accumulation_steps")
         _at_least(self, 1, "max_length", "logging_steps")
-        _positive(self, "learning_rate", "epochs")
+        _positive(self, "learning_rate", "epochs", "max_grad_norm")
+        _in_range(self, "warmup_ratio", 0, 1, open_high=True)
         _require(
             self.max_steps == -1 or self.max_steps >= 1,
             "max_steps",
@@ -546,12 +558,29 @@ class ADRPOConfig(GRPOSettings):
     model_name_or_path: str = _with_default(GRPOSettings, "model_name_or_path", "models/sft")
     save_steps: int = _with_default(GRPOSettings, "save_steps", 1)
     checkpoint_dir: str = _with_default(GRPOSettings, "checkpoint_dir", "checkpoints/adrpo")
-    length_penalty_lambda: float = _f(0.8, "lambda in reward x (1 - lambda x length penalty), in [0, 1].")
+    length_penalty_lambda: float = _f(
+        0.8, "lambda in reward x (1 - lambda x length penalty), in [0, 1] (MemBuilder reward_config.json: 0.8)."
+    )
     core_penalty_tokens: tuple[int, ...] = _f(
-        (150, 400), "Core length penalty: 0 below the first token count, 1 above the second, linear between."
+        (150, 400),
+        "Core length penalty: 0 up to the first token count of the core output, 1 from the second on, linear "
+        "between (MemBuilder: 150, 400).",
     )
     length_ratio_free: tuple[float, ...] = _f(
-        (0.5, 1.3), "Other parts: no penalty while the output/expert length ratio stays inside this range."
+        (0.5, 1.3),
+        "Episodic/semantic/procedural: no penalty while the ratio of the output's tokens to the expert's stays "
+        "inside this range (MemBuilder: 0.5, 1.3).",
+    )
+    length_ratio_full: tuple[float, ...] = _f(
+        (0.2, 2.0),
+        "Episodic/semantic/procedural: full penalty at a ratio at or below the first number and at or above the "
+        "second, rising linearly from the free range's edges (MemBuilder: 0.2, 2.0); must enclose "
+        "length_ratio_free.",
+    )
+    length_penalty_min_token_gap: int = _f(
+        200,
+        "Episodic/semantic/procedural: no length penalty while the output and the expert's output differ by fewer "
+        "tokens than this, whatever their ratio (MemBuilder: 200). No penalty either when the expert wrote nothing.",
     )
     judge: Literal["containment", "llm"] = _f(
         "containment",
@@ -559,9 +588,23 @@ class ADRPOConfig(GRPOSettings):
         "llm = backends.answerer answers, backends.judge grades CORRECT/WRONG.",
     )
     answer_top_k: int = _f(10, "Entries retrieved per question when answering from memory.")
-    attribution: Literal["retrieval_share", "ablation"] = _f("retrieval_share", "Contribution-aware weighting mode.")
-    attribution_alpha: float = _f(4.0, "Weight of the dominant part's agent under retrieval_share (>= 1).")
-    max_prompt_length: int = _f(1024, "Longest prompt in tokens.")
+    attribution: Literal["retrieval_share", "answer_hits", "ablation"] = _f(
+        "retrieval_share",
+        "Contribution-aware weighting of each agent's advantage. retrieval_share (MemBuilder's, per rollout): the "
+        "entry part with the most entries retrieved for the session's questions gets attribution_alpha (ties: "
+        "episodic, then semantic, then procedural), the others and core 1; answer_hits (memforge): per session, "
+        "pooled over its rollouts, the part(s) with the most retrieved entries containing the gold answer (core "
+        "counts when its block contains it) get alpha; ablation (memforge): per session, alpha scaled by each "
+        "part's task-reward drop when its operations are left out, floored at 1.",
+    )
+    attribution_alpha: float = _f(
+        4.0, "Weight of the dominant part's agent (>= 1; under ablation the largest drop's; MemBuilder: 4)."
+    )
+    max_prompt_length: int = _f(
+        1024,
+        "Longest agent prompt in tokens, generation prompt included; longer ones lose the middle of the transcript "
+        "(the SFT cut).",
+    )
     max_completion_length: int = _f(256, "Longest completion in tokens.")
     splits: tuple[str, ...] = _f(("rl",), "synth_qa prompt splits to train on.")
     sessions_per_batch: int = _f(1, "Whole sessions (4 agent prompts x G rollouts each) per optimizer step.")
@@ -575,6 +618,15 @@ class ADRPOConfig(GRPOSettings):
         _fractions(self, "length_penalty_lambda")
         _increasing_pair(self, "core_penalty_tokens", positive=False)
         _increasing_pair(self, "length_ratio_free", positive=True)
+        _increasing_pair(self, "length_ratio_full", positive=False)
+        free, full = self.length_ratio_free, self.length_ratio_full
+        _require(
+            full[0] < free[0] and free[1] < full[1],
+            "length_ratio_full",
+            f"must enclose length_ratio_free: full low < free low and free high < full high, "
+            f"got full {list(full)} and free {list(free)}",
+        )
+        _at_least(self, 0, "length_penalty_min_token_gap")
         _at_least(self, 1, "attribution_alpha", "answer_top_k", "max_prompt_length", "max_completion_length")
         _at_least(self, 1, "sessions_per_batch")
         _at_least(self, 0, "log_completions")
@@ -653,6 +705,37 @@ class MemAgentTrainConfig(GRPOSettings):
 
 
 @dataclass(frozen=True)
+class ReaderWarmupConfig:
+    """memagent_train's supervised warm-up of the reader before GRPO (memforge's addition for small models): SFT on
+    reading trajectories built offline from the training questions (memory = the supporting facts read so far,
+    answer = the gold answer in \\boxed{}), so that GRPO starts from a reader that answers in the rewarded format.
+    Precision and seed are memagent.train's."""
+
+    enabled: bool = _f(True, "Warm the reader up before GRPO (GRPO then starts from the warmed-up weights).")
+    learning_rate: float = _f(1e-5, "Learning rate.")
+    epochs: float = _f(1.0, "Epochs over the warm-up examples (one per reader step of every trajectory).")
+    max_steps: int = _f(
+        2, "Stop after this many optimizer steps (-1 = run the epochs). The CPU default is a smoke run."
+    )
+    per_device_batch_size: int = _f(2, "Batch size per device.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    max_length: int = _f(0, "Longest example in tokens (0 = the longest warm-up example: nothing is cut).")
+    check_questions: int = _f(
+        2, "Training questions the warmed-up reader then reads, for its boxed-answer fraction (0 = no check)."
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "learning_rate", "epochs")
+        _require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            "max_steps",
+            f"must be -1 (run the epochs) or >= 1, got {self.max_steps}",
+        )
+        _at_least(self, 1, "per_device_batch_size", "gradient_accumulation_steps")
+        _at_least(self, 0, "max_length", "check_questions")
+
+
+@dataclass(frozen=True)
 class EvalLongContextConfig:
     """eval_longcontext: accuracy against input length, MemAgent reader vs full-context baseline."""
 
@@ -682,6 +765,7 @@ class MemAgentConfig:
 
     reader: ReaderConfig = _nested(ReaderConfig, "How the reader reads (shared by training and evaluation).")
     train: MemAgentTrainConfig = _nested(MemAgentTrainConfig, "Multi-conversation GRPO (memagent_train).")
+    warmup: ReaderWarmupConfig = _nested(ReaderWarmupConfig, "Supervised warm-up of the reader before GRPO.")
     eval: EvalLongContextConfig = _nested(EvalLongContextConfig, "Long-context evaluation (eval_longcontext).")
 
 

@@ -321,7 +321,80 @@ def test_grpo_args_come_from_the_shared_builder_plus_adrpo_fields(tiny_model_dir
 
 
 # ---------------------------------------------------------------------------------------------
+# prompt truncation (TRL 1.16 does not truncate GRPO prompts)
+
+CUT_LIMIT = 1500  # tiny-tokenizer tokens (747-token vocabulary): the long session is over it, the short one under
+
+
+def _agent_prompt_rows() -> list[dict]:
+    """The episodic agent's prompt on an 80-turn session and on a 2-turn one, as synth_qa rows carry them."""
+    from components.dialogue.schema import Session, Turn
+    from components.memory.prompts import agent_messages
+
+    turns = tuple(
+        Turn(f"S1:{i}", "Ann" if i % 2 else "Bo", f"Turn {i}: I went to the market in Lisbon and bought {i} pears.")
+        for i in range(1, 81)
+    )
+    sessions = [Session("S1", "2023-05-07T10:00", turns), Session("S2", "2023-05-08T10:00", turns[:2])]
+    return [
+        {
+            "prompt_id": f"c1:{s.session_id}:episodic",
+            "part": "episodic",
+            "prompt": agent_messages("episodic", s, "", []),
+        }
+        for s in sessions
+    ]
+
+
+def _generation_tokens(tokenizer, messages) -> int:
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
+    return len(encoded["input_ids"])
+
+
+def test_over_long_prompts_lose_the_middle_of_the_transcript_and_are_counted(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from components.training.sft import CUT_MARKER
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = _agent_prompt_rows()
+    assert (
+        _generation_tokens(tokenizer, rows[0]["prompt"]) > CUT_LIMIT >= _generation_tokens(tokenizer, rows[1]["prompt"])
+    )
+    fitted, report = adrpo.fit_prompts(rows, tokenizer, CUT_LIMIT)
+    assert (report.shortened, report.fitted, report.over_length) == (1, 1, 0)
+    cut = fitted[0]["prompt"]
+    assert cut[0] == rows[0]["prompt"][0]  # the system prompt, whole
+    user = cut[1]["content"]
+    assert user.startswith("Session S1, date 2023-05-07T10:00 (Sunday).")  # the session header
+    assert user.endswith("Write the episodic memory operations for this session as JSON.")  # the instruction
+    assert "[S1:80] Bo: Turn 80:" in user and "[S1:79] Ann: Turn 79:" in user  # the newest turns
+    assert "[S1:40] " not in user and CUT_MARKER in user  # the middle of the transcript is gone
+    assert _generation_tokens(tokenizer, cut) == report.max_tokens_after <= CUT_LIMIT < report.max_tokens_before
+    assert {k: v for k, v in fitted[0].items() if k != "prompt"} == {k: v for k, v in rows[0].items() if k != "prompt"}
+    assert fitted[1] == rows[1]  # a prompt under the limit is untouched
+
+
+def test_a_prompt_that_cannot_fit_is_left_whole_counted_and_warned(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = _agent_prompt_rows()
+    with caplog.at_level(logging.WARNING, logger=adrpo.__name__):
+        fitted, report = adrpo.fit_prompts(rows, tokenizer, 40)  # below even the system prompt
+    assert report.over_length == 2 and report.shortened == 0 and fitted == rows
+    assert "2 prompt(s) stay longer than max_prompt_length=40" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
 # the real prompts dataset (ingest -> expert -> synth_qa on a small corpus)
+
+
+REAL_PROMPT_LIMIT = 1100  # tiny-tokenizer tokens: some of the first two sessions' agent prompts (up to 1187) are over
 
 
 def test_real_prompts_dataset_is_session_grouped_and_trains(
@@ -349,10 +422,13 @@ def test_real_prompts_dataset_is_session_grouped_and_trains(
         adrpo, "groups_from_batch", lambda rs, cs, **kw: real(rs, [r["expert_output"] for r in rs], **kw)
     )
     outcome = adrpo.train_adrpo(
-        adrpo_cfg(tiny_model_dir, tmp_path, max_steps=1, max_prompt_length=4096),
+        adrpo_cfg(tiny_model_dir, tmp_path, max_steps=1, max_prompt_length=REAL_PROMPT_LIMIT),
         prompts.select(range(8)),
         tmp_path / "adrpo",
         trained_inputs.memory,
     )
     assert outcome.steps == 1 and outcome.sessions == 2
+    metrics = outcome.metrics()  # the adrpo stage's metrics: reports/adrpo.json and its MLflow run
+    assert metrics["prompts_truncated"] == outcome.prompt_fit.shortened > 0 and metrics["prompts_over_length"] == 0
+    assert metrics["prompt_tokens_max"] <= REAL_PROMPT_LIMIT
     assert outcome.last_stats["format_failure_rate"] == 0.0  # the expert's operations apply to its own banks

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 
 from components.config import (
+    PROFILES_DIR,
     ConfigValueError,
     EvalSet,
     LongContextConfig,
@@ -58,14 +60,39 @@ def test_every_profile_loads_and_round_trips(profile: str, tmp_path: Path) -> No
 
 def test_paper_profile_holds_the_papers_models() -> None:
     params = profile_params("paper-gpu")
-    assert params.model.name_or_path == "Qwen/Qwen3-4B"
+    assert params.model.name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
     assert params.memagent.train.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
     assert (params.memagent.reader.chunk_tokens, params.memagent.reader.memory_tokens) == (5000, 1024)
     assert params.adrpo.num_generations == 8 and params.adrpo.bf16
+    # the published rollout sampling, KL and SFT recipe (MemBuilder's reference scripts)
+    assert (params.adrpo.temperature, params.adrpo.top_p, params.adrpo.beta) == (0.8, 0.9, 0.02)
+    sft = params.sft
+    assert (sft.learning_rate, sft.epochs, sft.lr_scheduler, sft.warmup_ratio, sft.max_grad_norm) == (
+        5e-7,
+        10,
+        "cosine",
+        0.1,
+        0.1,
+    )
     assert params.longcontext.eval_questions == 128
     assert params.longcontext.eval_lengths_docs[-1] == 25600
     # untouched sections keep the defaults
     assert params.ingest == Params().ingest
+
+
+SOURCE_TAG = re.compile(r"#\s+\[([\w-]+)\]")
+LEAF = re.compile(r"^\s*[a-z_0-9]+:\s*[^\s#]")
+
+
+@pytest.mark.parametrize("profile", [name for name in list_profiles() if name != "default"])
+def test_every_profile_value_names_its_source(profile: str) -> None:
+    """Each value set by a profile carries a ``# [TAG]`` comment, and every tag is explained in its header."""
+    lines = (PROFILES_DIR / f"{profile}.yaml").read_text(encoding="utf-8").splitlines()
+    legend = {match.group(1) for line in lines if (match := SOURCE_TAG.match(line))}
+    unsourced = [line for line in lines if LEAF.match(line) and not SOURCE_TAG.search(line)]
+    assert unsourced == [], f"{profile}: values without a source comment"
+    used = {tag for line in lines if LEAF.match(line) for tag in SOURCE_TAG.findall(line)}
+    assert used <= legend, f"{profile}: tags not explained in the header: {sorted(used - legend)}"
 
 
 def test_committed_params_yaml_is_the_rendered_defaults() -> None:
@@ -172,6 +199,8 @@ def params_file(tmp_path: Path) -> Path:
         ("synth_qa.max_answer_words", 0, "synth_qa.max_answer_words: must be >= 1"),
         ("synth_qa.type_mix.temporal", 0.5, "synth_qa.type_mix: single_session + multi_session + temporal must sum"),
         ("sft.learning_rate", 0, "sft.learning_rate: must be > 0"),
+        ("sft.warmup_ratio", 1.0, "sft.warmup_ratio: must be in [0, 1)"),
+        ("sft.max_grad_norm", 0, "sft.max_grad_norm: must be > 0"),
         ("sft.splits", [], "sft.splits: must list at least one value"),
         ("longcontext.needle_tasks", ["single", "haystack"], "longcontext.needle_tasks[1]: 'haystack' is not one of"),
         ("longcontext.length_tolerance", 1.5, "longcontext.length_tolerance: must be in (0, 1)"),

@@ -92,6 +92,15 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert not any(p.name.startswith("checkpoint") for p in (tmp_path / "models/memagent").iterdir())
     report = json.loads((tmp_path / "reports/memagent_train.json").read_text(encoding="utf-8"))
     assert report["steps"] == 2.0 and "final_reward_mean" in report
+    # the supervised warm-up ran first (memagent.warmup defaults: 2 steps, 2 questions checked) and GRPO started from it
+    warmup = report["warmup"]
+    assert warmup["steps"] == 2.0 and warmup["trajectories"] == 2.0 and warmup["reused"] == 0.0
+    assert warmup["examples_answer"] == 2.0 and warmup["check_questions"] == 2.0
+    assert warmup["check_boxed_fraction"] in {0.0, 0.5, 1.0}  # of the 2 questions checked
+    assert (tmp_path / "checkpoints/memagent/warmup/config.json").is_file()
+    card = json.loads((tmp_path / "models/memagent/memforge_model.json").read_text(encoding="utf-8"))
+    assert card["memagent"]["warmed_up_from"] == str(tmp_path / "checkpoints/memagent/warmup")
+    assert card["memagent"]["base_model"] == str(tiny_model_dir)
     curve = json.loads((tmp_path / "reports/memagent_reward.json").read_text(encoding="utf-8"))
     assert [p["step"] for p in curve] == [1, 2] and all(0 <= p["reward"] <= 1 for p in curve)
     (train_run,) = stage_runs(tracking_config, "memagent_train")
@@ -100,6 +109,9 @@ def test_train_then_evaluate_writes_models_reports_and_mlflow(
     assert [m.step for m in history] == [1, 2] and all(m.value >= 2 for m in history)
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "memagent_train")}
     assert {"memagent_train/reward_curve.png", "memagent_train/trajectories.json"} <= artifacts
+    assert "memagent_train/warmup_trajectories.json" in artifacts
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "warmup/loss")] == [1, 2]
+    assert train_run.data.metrics["warmup/trajectories"] == 2.0
     assert [a.path for a in client.list_artifacts(train_run.info.run_id, "model")] == ["model/memforge_model.json"]
 
     result = run_stage("eval_longcontext", params)
@@ -128,18 +140,19 @@ def test_changed_settings_start_training_afresh(tmp_path: Path, tiny_model_dir: 
     params = stage_params(tmp_path, tiny_model_dir, tracking_config)
     run_stage("longcontext_data", params)
 
-    def train(train_config) -> tuple[str | None, float]:
-        """Run the stage; the checkpoint it resumed from (from the model card) and its steps."""
+    def train(train_config) -> tuple[str | None, float, float]:
+        """Run the stage; the checkpoint it resumed from (from the model card), its steps, and whether it reused the
+        warm-up."""
         result = run_stage("memagent_train", replace(params, memagent=replace(params.memagent, train=train_config)))
         card = json.loads((tmp_path / "models/memagent/memforge_model.json").read_text(encoding="utf-8"))
-        return card["memagent"]["resumed_from"], result.metrics["steps"]
+        return card["memagent"]["resumed_from"], result.metrics["steps"], result.metrics["warmup"]["reused"]
 
-    assert train(replace(params.memagent.train, max_steps=1)) == (None, 1)
-    # more steps, same run: resumes from checkpoint-1
-    resumed_from, steps = train(params.memagent.train)
-    assert resumed_from and resumed_from.endswith("checkpoint-1") and steps == 2
-    # another learning rate is another run: the old checkpoints are cleared, training starts at step 0
-    assert train(replace(params.memagent.train, learning_rate=1e-3)) == (None, 2)
+    assert train(replace(params.memagent.train, max_steps=1)) == (None, 1, 0.0)
+    # more steps, same run: resumes from checkpoint-1, and the finished warm-up is reused
+    resumed_from, steps, reused = train(params.memagent.train)
+    assert resumed_from and resumed_from.endswith("checkpoint-1") and steps == 2 and reused == 1.0
+    # another learning rate is another run: the old checkpoints are cleared, the warm-up and training start afresh
+    assert train(replace(params.memagent.train, learning_rate=1e-3)) == (None, 2, 0.0)
 
 
 def test_missing_sets_are_clear_errors(tmp_path: Path, tiny_model_dir: Path, tracking_config) -> None:

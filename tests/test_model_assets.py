@@ -24,6 +24,7 @@ from components.llm import model_assets
 from components.llm.model_assets import (
     CHATML_TEMPLATE,
     MODEL_CARD_FILE,
+    SMOKE_NOTE,
     PreparedModel,
     chat_smoke_test,
     load_model_folder,
@@ -264,6 +265,8 @@ def test_prepare_from_tiny_folder(tiny_dir: Path, tmp_path: Path) -> None:
     assert "seconds" not in card  # timings go to MLflow; the folder stays byte-identical for DVC
     assert json.loads(json.dumps(prepared.card())) == card
     assert read_model_card(out) == dataclasses.replace(prepared, seconds=0.0, location="")
+    # the CPU default says so on the card: a smoke run, pointing to gpu-small
+    assert (card["training_scope"], card["note"]) == ("smoke", SMOKE_NOTE) and "gpu-small" in SMOKE_NOTE
     assert tokenizer.chat_template
     produced, _ = _generate(model, tokenizer, "What did I say?", max_new_tokens=3)
     assert produced >= 1
@@ -544,3 +547,10 @@ def test_weights_corrupted_in_place_are_detected_on_load(tiny_model_dir: Path, t
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match=r"model\.safetensors: the weights differ from those recorded"):
         load_model_folder(out)
+
+
+def test_a_full_training_profile_writes_no_smoke_note(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    prepared = prepare_model(ModelConfig(name_or_path=str(tiny_dir), training_scope="full", output_dir=str(out)), out)
+    assert (prepared.training_scope, prepared.note) == ("full", "")
+    assert read_model_card(out).training_scope == "full"

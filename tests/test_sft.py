@@ -17,13 +17,14 @@ from components.config import (
     ExpertConfig,
     IngestConfig,
     MemoryConfig,
+    ModelConfig,
     Params,
     SFTConfig,
     SourceConfig,
     SyntheticConfig,
 )
 from components.errors import InputError, MemforgeError
-from components.llm.model_assets import MODEL_CARD_FILE, load_model_folder, read_model_card
+from components.llm.model_assets import MODEL_CARD_FILE, SMOKE_NOTE, load_model_folder, prepare_model, read_model_card
 from components.memory.types import PARTS
 from components.stages.runner import run_stage
 from components.tracking import resolve_tracking_uri
@@ -202,6 +203,16 @@ def test_trl_config_comes_from_the_shared_builder_plus_sft_fields(tiny_model_dir
     assert args.completion_only_loss and args.max_length == 256 and args.truncation_mode == "keep_start"
     assert (args.learning_rate, args.max_steps, args.num_train_epochs) == (1e-3, 2, 1.0)
     assert args.per_device_train_batch_size == 2 and args.gradient_accumulation_steps == 2
+    # the schedule: TRL's defaults unless the profile sets the published recipe
+    assert (args.lr_scheduler_type, args.warmup_steps, args.max_grad_norm) == ("linear", 0.0, 1.0)
+
+
+def test_the_published_sft_recipe_reaches_the_trainer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """MemBuilder's SFT recipe (cosine, 10% warm-up, clipping at 0.1) becomes the trainer's schedule."""
+    cfg = _cfg(tiny_model_dir, tmp_path, lr_scheduler="cosine", warmup_ratio=0.1, max_grad_norm=0.1)
+    args = trl_config(cfg, tmp_path / "scratch")
+    assert (str(args.lr_scheduler_type.value), args.warmup_steps, args.max_grad_norm) == ("cosine", 0.1, 0.1)
+    assert args.get_warmup_steps(100) == 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +248,7 @@ def test_full_fine_tune_changes_weights_and_saves_a_loadable_model(
     assert card["sft"]["steps"] == 2 and card["sft"]["base_model"] == str(tiny_model_dir)
     assert card["sft"]["examples"] == 11 and card["sft"]["use_lora"] is False
     assert read_model_card(out).parameter_count == outcome.total_params  # later stages read the card
+    assert card["training_scope"] == "unknown"  # the tiny base has no memforge card
     assert _leftovers(out.parent) == [] and not (out / ".trainer").exists()
 
     backend = create_backend(BackendConfig(model=str(out), max_new_tokens=4))
@@ -383,3 +395,24 @@ def test_diverging_loss_fails_and_keeps_the_previous_output(
     with pytest.raises(MemforgeError, match="training diverged"):
         train_sft(cfg, build_sft_dataset(trajectory_examples([trajectories])), cfg.output_dir)
     assert not (tmp_path / "models").exists()  # nothing written: no model, no temp folder beside it
+
+
+def test_a_trained_model_card_inherits_the_base_models_training_scope(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model trained from a smoke run's base is a smoke run too, and its card says so."""
+    from components.training.saving import trained_model_card
+
+    base = tmp_path / "base"
+    prepare_model(ModelConfig(name_or_path=str(tiny_model_dir), output_dir=str(base)), base)
+    _, tokenizer = load_model_folder(base)
+    card = trained_model_card(
+        "sft",
+        base,
+        base,
+        tokenizer,
+        output_dir="models/sft",
+        parameter_count=1,
+        dtype="float32",
+        fallback_context_tokens=64,
+        summary={},
+    )
+    assert (card["training_scope"], card["note"]) == ("smoke", SMOKE_NOTE)

@@ -199,6 +199,15 @@ def _distribution_of(module: str) -> str | None:
 
 
 MACHINE_SPECIFIC = ("location", "seconds")  # PreparedModel fields kept out of the model card
+SMOKE_NOTE = (
+    "Smoke run: the CPU default profile exercises every stage but does not train a useful model. "
+    "To train one on a GPU: memforge params apply gpu-small && make run."
+)
+
+
+def scope_note(training_scope: str) -> str:
+    """The card's plain statement for ``training_scope`` (``model.training_scope``): ``SMOKE_NOTE`` or nothing."""
+    return SMOKE_NOTE if training_scope == "smoke" else ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,8 @@ class PreparedModel:
     size_bytes: int
     transformers_version: str
     weights_md5: dict[str, str] | None = None  # per weight file, checked on every load (corruption in place)
+    training_scope: str = "unknown"  # model.training_scope (smoke or full); unknown in cards written before it
+    note: str = ""  # a plain statement for people reading the card (SMOKE_NOTE for a smoke run)
     format_version: int = MODEL_CARD_VERSION
     seconds: float = 0.0  # how long preparation took: logged to MLflow, never written into the folder
 
@@ -300,6 +311,8 @@ def prepare_model(cfg: ModelConfig, output_dir: str | os.PathLike[str]) -> Prepa
             pad_token_added=pad_token_added,
             size_bytes=_folder_size(staging),
             weights_md5=weights_digests(staging),
+            training_scope=cfg.training_scope,
+            note=scope_note(cfg.training_scope),
             seconds=round(time.perf_counter() - started, 3),
             **facts,
         )

@@ -14,9 +14,10 @@ training starts) overrides it:
    (ONE judge call per generation batch) and returns the per-completion rewards (so TRL's ``reward`` logs are the
    ADRPO rewards); the scores are kept for step 2, nothing is scored twice;
 2. after ``super()`` returns, ``output["advantages"]`` (the process's slice) is REPLACED by
-   ``rewrite_advantages(rewards, group_ids, weights)``: ``A'_i = w_part(i) * (r_i - mean_g) / (std_g + eps)``
-   within each (session, part) GRPO group. The attribution weights therefore scale the ADVANTAGE term of the
-   policy loss (not the rewards): a dominant part's agent gets a proportionally larger update;
+   ``rewrite_advantages(rewards, group_ids, weights)``: ``A'_i = w_i * (r_i - mean_g) / (std_g + eps)`` within each
+   (session, part) GRPO group, ``w_i`` being completion i's rollout's weight for its part. The attribution weights
+   therefore scale the ADVANTAGE term of the policy loss (not the rewards): a dominant part's agent gets a
+   proportionally larger update;
 3. ``ScoredBatch.logged_stats`` (``score_groups(...).stats()``) is logged through ``self._metrics[mode]["adrpo/..."]``
    (reward mean/std overall and per part, format failure rates, attribution weights per part, length penalties,
    judge counts), so it appears in the trainer logs next to TRL's own metrics.
@@ -39,6 +40,8 @@ session, with their G completions each, must be in one generation batch (per pro
 
 Checkpoints, resume, outputs
 ----------------------------
+Prompts longer than ``max_prompt_length`` are cut in the middle of the transcript (``fit_prompts``, the SFT cut;
+TRL 1.16 does not truncate), and the number cut is a metric (``prompts_truncated``).
 ``train_adrpo`` reads every setting from ``ADRPOConfig`` (``sessions_per_batch``, ``save_steps``, ``seed``, vLLM;
 TRL's arguments come from ``components.training.arguments``, shared with sft and memagent_train).
 Checkpoints (optimizer and RNG state included; the latest one only) go to ``cfg.checkpoint_dir``, apart from the
@@ -84,7 +87,8 @@ from components.training.arguments import grpo_arguments
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
 from components.training.checkpoints import claim_checkpoint_dir, latest_checkpoint
 from components.training.outcome import GRPOOutcome, last_stats
-from components.training.saving import load_trainable, save_trained
+from components.training.saving import gathered_state_dict, load_trainable, save_trained
+from components.training.sft import FitReport, fit_examples
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +243,7 @@ class ADRPOOutcome(GRPOOutcome):
     prompts: int
     sessions: int
     sessions_dropped: int
+    prompt_fit: FitReport = field(default_factory=FitReport)
     completions: list[dict[str, Any]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -247,6 +252,9 @@ class ADRPOOutcome(GRPOOutcome):
             "prompts": float(self.prompts),
             "sessions": float(self.sessions),
             "sessions_dropped": float(self.sessions_dropped),
+            "prompts_truncated": float(self.prompt_fit.shortened),
+            "prompts_over_length": float(self.prompt_fit.over_length),
+            "prompt_tokens_max": float(self.prompt_fit.max_tokens_after),
         }
 
     def reward_history(self) -> list[dict[str, float]]:
@@ -269,7 +277,12 @@ class ADRPOOutcome(GRPOOutcome):
         return points
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "prompts": self.prompts, "sessions": self.sessions}
+        return {
+            **super().summary(),
+            "prompts": self.prompts,
+            "sessions": self.sessions,
+            "prompt_fit": dataclasses.asdict(self.prompt_fit),
+        }
 
 
 def grpo_args(cfg: ADRPOConfig) -> Any:
@@ -336,7 +349,9 @@ def train_adrpo(
 ) -> ADRPOOutcome:
     """Train ``cfg.model_name_or_path`` with ADRPO on the synth_qa ``prompts`` rows; save it into ``output_dir``.
 
-    Sessions are shuffled with ``cfg.seed``, ``cfg.sessions_per_batch`` whole sessions per step. Checkpoints (every
+    Sessions are shuffled with ``cfg.seed``, ``cfg.sessions_per_batch`` whole sessions per step; prompts longer
+    than ``cfg.max_prompt_length`` are cut as SFT cuts them (``fit_prompts``; counted in the outcome's metrics as
+    ``prompts_truncated``). Checkpoints (every
     ``cfg.save_steps`` steps) go to ``cfg.checkpoint_dir``; a run finding one there from the same settings and
     prompts resumes from the latest. ``output_dir`` is replaced atomically by the trained model (plus tokenizer and
     ``memforge_model.json``), reloaded and smoke-tested before the swap. ``judge`` defaults to ``make_judge(cfg)``
@@ -369,7 +384,7 @@ def train_adrpo(
 
     model, tokenizer, saved_dtype = load_trainable(cfg.model_name_or_path)
     tokenizer.padding_side = "left"
-    _warn_long_prompts(ordered, tokenizer, cfg.max_prompt_length)
+    ordered, prompt_fit = fit_prompts(ordered, tokenizer, cfg.max_prompt_length)
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -399,6 +414,7 @@ def train_adrpo(
         prompts=len(ordered),
         sessions=sessions,
         sessions_dropped=dropped,
+        prompt_fit=prompt_fit,
         steps=int(trainer.state.global_step),
         train_loss=float(result.training_loss),
         resumed_from=resume,
@@ -410,23 +426,38 @@ def train_adrpo(
         saved_dtype=saved_dtype,
         device=str(trainer.args.device),
     )
-    model = trainer.model
+    model, weights = trainer.model, gathered_state_dict(trainer)
     del trainer  # frees the optimizer state before the saved model is reloaded and checked
-    save_trained(model, tokenizer, outcome, fallback_context_tokens=cfg.max_prompt_length + cfg.max_completion_length)
+    window = cfg.max_prompt_length + cfg.max_completion_length
+    save_trained(model, tokenizer, outcome, fallback_context_tokens=window, state_dict=weights)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
-def _warn_long_prompts(rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_prompt_length: int) -> None:
-    """TRL 1.16's GRPOConfig has no prompt truncation: report prompts longer than ``adrpo.max_prompt_length``."""
-    long = 0
-    for row in rows:
-        ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)
-        long += len(ids["input_ids"]) > max_prompt_length
-    if long:
-        logger.warning(
-            "adrpo: %d prompt(s) exceed max_prompt_length=%d tokens (not truncated)", long, max_prompt_length
+def fit_prompts(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], FitReport]:
+    """``rows`` with every prompt fitted to ``adrpo.max_prompt_length`` tokens, generation prompt included (TRL 1.16's
+    ``GRPOTrainer`` does not truncate prompts): an over-long agent prompt loses the middle of its transcript exactly
+    as an SFT prompt does (``sft.fit_prompt``: system prompt, session header and memories, newest turns and the
+    instruction kept). The report counts the prompts cut (``shortened``) and those that still do not fit."""
+    fitted, report = fit_examples(rows, tokenizer, max_prompt_length)
+    if report.shortened:
+        logger.info(
+            "adrpo: %d of %d prompt(s) cut in the middle of the transcript to max_prompt_length=%d tokens",
+            report.shortened,
+            len(fitted),
+            max_prompt_length,
         )
+    if report.over_length:
+        logger.warning(
+            "adrpo: %d prompt(s) stay longer than max_prompt_length=%d tokens even with the transcript cut "
+            "(longest %d); raise adrpo.max_prompt_length",
+            report.over_length,
+            max_prompt_length,
+            report.max_tokens_before,
+        )
+    return fitted, report
 
 
 def load_prompts(path: str | Path, splits: Sequence[str]) -> Any:

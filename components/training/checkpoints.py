@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from components.distributed import is_main_process, wait_for_everyone
 from components.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -52,23 +53,32 @@ def run_fingerprint(section: Mapping[str, Any], inputs: Iterable[str | Path]) ->
 def claim_checkpoint_dir(folder: str | Path, fingerprint: Mapping[str, Any]) -> bool:
     """Make ``folder`` this run's checkpoint folder; True when its existing checkpoints may be resumed.
 
-    Checkpoints from a run with another fingerprint (or none) are deleted, with a warning naming what changed.
+    Checkpoints from a run with another fingerprint (or none) are deleted, with a warning naming what changed. In a
+    multi-process launch every process reads the folder as it was and so answers alike; then the main process alone
+    clears and marks it, and the others wait until it has.
     """
     path = Path(folder)
     marker = path / FINGERPRINT_FILE
     wanted = json.loads(json.dumps(fingerprint, default=str))
-    if path.is_dir() and any(path.iterdir()):
-        try:
-            found = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            found = None
-        if found == wanted:
-            return True
-        logger.warning("%s: checkpoints of another run (%s); starting afresh", path, _difference(found, wanted))
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, wanted)
-    return False
+    occupied = path.is_dir() and any(path.iterdir())
+    found = _read_fingerprint(marker) if occupied else None
+    resumable = occupied and found == wanted
+    wait_for_everyone()  # every process has read the folder before the main one changes it
+    if not resumable and is_main_process():
+        if occupied:
+            logger.warning("%s: checkpoints of another run (%s); starting afresh", path, _difference(found, wanted))
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, wanted)
+    wait_for_everyone()
+    return resumable
+
+
+def _read_fingerprint(marker: Path) -> Any:
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _difference(found: Any, wanted: Mapping[str, Any]) -> str:

@@ -73,7 +73,7 @@ from components.training.callbacks import OnLog, TrainingLog, log_forwarder
 from components.training.checkpoints import latest_checkpoint
 from components.training.memagent_rollout import METRIC_PREFIX, TrainSample
 from components.training.outcome import GRPOOutcome, last_stats
-from components.training.saving import load_trainable, save_trained, saved_dtype_of
+from components.training.saving import gathered_state_dict, load_trainable, save_trained, saved_dtype_of
 
 # ---------------------------------------------------------------------------------------------
 # configuration, checks, entry point
@@ -139,8 +139,10 @@ def build_memagent_trainer(
     *,
     callbacks: Sequence[Any] = (),
     reward_funcs: Sequence[Any] | None = None,
+    start_from: str | None = None,
 ) -> Any:
-    """A ``MemAgentTrainer`` on ``train_cfg.model_name_or_path`` (loaded in float32) and the samples."""
+    """A ``MemAgentTrainer`` on ``start_from`` (the warmed-up reader) or else ``train_cfg.model_name_or_path``
+    (loaded in float32) and the samples."""
     from datasets import Dataset
 
     from components.training.memagent_trainer import MemAgentTrainer, check_trl_hook
@@ -151,7 +153,7 @@ def build_memagent_trainer(
         raise MemforgeError(
             f"memagent_train: {len(samples)} training question(s) but questions_per_step={train_cfg.questions_per_step}"
         )
-    model, tokenizer, _ = load_trainable(train_cfg.model_name_or_path)
+    model, tokenizer, _ = load_trainable(start_from or train_cfg.model_name_or_path)
     tokenizer.padding_side = "left"
     check_context(samples, tokenizer, reader_cfg, getattr(model.config, "max_position_embeddings", None))
     return MemAgentTrainer(
@@ -170,18 +172,20 @@ def build_memagent_trainer(
 @dataclass(kw_only=True)
 class MemAgentOutcome(GRPOOutcome):
     """What a memagent_train run did (``GRPOOutcome``: ``metrics()``, ``timings()``, the card's ``summary()``);
-    ``trajectories`` holds sampled trajectories of the last step for an MLflow table."""
+    ``trajectories`` holds sampled trajectories of the last step for an MLflow table; ``warmed_up_from`` is the
+    warmed-up reader GRPO started from (None: from ``base_model`` itself)."""
 
     kind: ClassVar[str] = "memagent"
 
     questions: int
     trajectories: list[dict[str, Any]] = field(default_factory=list)
+    warmed_up_from: str | None = None
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "questions": float(self.questions)}
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "questions": self.questions}
+        return {**super().summary(), "questions": self.questions, "warmed_up_from": self.warmed_up_from}
 
 
 def train_memagent(
@@ -189,10 +193,14 @@ def train_memagent(
     reader_cfg: ReaderConfig,
     samples: Sequence[TrainSample],
     on_log: OnLog | None = None,
+    *,
+    start_from: str | None = None,
 ) -> MemAgentOutcome:
     """Train the reader with multi-conversation GRPO; save it (model + tokenizer) to ``train_cfg.output_dir``.
 
-    Checkpoints go to ``train_cfg.checkpoint_dir`` every ``save_steps`` steps; a rerun resumes from the latest one.
+    GRPO starts from ``start_from`` (the warmed-up reader, ``components.training.reader_warmup``) when given, else
+    from ``train_cfg.model_name_or_path``, which stays the model card's base model either way. Checkpoints go to
+    ``train_cfg.checkpoint_dir`` every ``save_steps`` steps; a rerun resumes from the latest one.
     ``on_log(logs, step)`` receives every trainer log (TRL's keys and ``memagent/...``).
     """
     started = time.perf_counter()
@@ -200,7 +208,9 @@ def train_memagent(
     if not samples:
         raise MemforgeError("memagent_train: no training questions; run the long-context data stage")
     log = TrainingLog()
-    trainer = build_memagent_trainer(train_cfg, reader_cfg, samples, callbacks=[log_forwarder(on_log, log)])
+    trainer = build_memagent_trainer(
+        train_cfg, reader_cfg, samples, callbacks=[log_forwarder(on_log, log)], start_from=start_from
+    )
     resume = latest_checkpoint(train_cfg.checkpoint_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     log.check_finite(
@@ -225,9 +235,11 @@ def train_memagent(
         total_params=sum(p.numel() for p in model.parameters()),
         saved_dtype=saved_dtype_of(Path(train_cfg.model_name_or_path)),
         device=str(trainer.args.device),
+        warmed_up_from=start_from,
     )
+    weights = gathered_state_dict(trainer)
     del trainer  # frees the optimizer state before the saved model is reloaded and checked
     window = int(getattr(model.config, "max_position_embeddings", 0) or reader_cfg.chunk_tokens)
-    save_trained(model, tokenizer, outcome, fallback_context_tokens=window)
+    save_trained(model, tokenizer, outcome, fallback_context_tokens=window, state_dict=weights)
     outcome.seconds = time.perf_counter() - started
     return outcome

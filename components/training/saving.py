@@ -55,7 +55,8 @@ def trained_model_card(
     """A ``memforge_model.json`` that ``read_model_card`` accepts (prepared-model fields) plus a ``kind`` section.
 
     ``folder`` is the staged model (read for its config and size), ``output_dir`` where it will live. The context
-    window is the base model's card's, or ``fallback_context_tokens`` when the base has no card.
+    window is the base model's card's, or ``fallback_context_tokens`` when the base has no card; so are the training
+    scope and its note (a model trained from a smoke run's base is a smoke run too).
     """
     import transformers
 
@@ -63,9 +64,10 @@ def trained_model_card(
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     try:
-        max_context = read_model_card(base).max_context_tokens
+        base_card = read_model_card(base)
+        max_context, scope, note = base_card.max_context_tokens, base_card.training_scope, base_card.note
     except ModelLoadError:
-        max_context = fallback_context_tokens
+        max_context, scope, note = fallback_context_tokens, "unknown", ""
     architectures = config.get("architectures") or [""]
     return {
         "output_dir": output_dir,
@@ -90,26 +92,70 @@ def trained_model_card(
         "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         "transformers_version": transformers.__version__,
         "weights_md5": weights_digests(folder),
+        "training_scope": scope,
+        "note": note,
         "format_version": MODEL_CARD_VERSION,
         kind: dict(summary),
     }
 
 
-def save_trained(model: Any, tokenizer: Any, outcome: TrainingOutcome, *, fallback_context_tokens: int) -> None:
+def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The whole weights of ``trainer``'s model where its processes hold shards of them (DeepSpeed ZeRO-3: accelerate
+    gathers a 16-bit copy into the main process; this is a collective, so every process calls it), for
+    ``save_trained``; None where the model holds its weights whole (one process, DDP, ZeRO-2), as transformers'
+    ``Trainer.save_model`` decides."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def save_trained(
+    model: Any,
+    tokenizer: Any,
+    outcome: TrainingOutcome,
+    *,
+    fallback_context_tokens: int,
+    state_dict: Mapping[str, Any] | None = None,
+) -> None:
     """Save a trained ``model`` and its ``tokenizer`` into ``outcome.output_dir``, whole or not at all.
 
     The model is written in ``outcome.saved_dtype`` (the base model's) with its KV cache on, into a temp sibling of
     the output folder, which ``finish_trained_folder`` checks and completes before it replaces the folder. Callers
-    drop their trainer first, so that its optimizer state is freed before the saved copy is reloaded.
+    drop their trainer first, so that its optimizer state is freed before the saved copy is reloaded. In a
+    multi-process launch every process calls it, with the weights from ``gathered_state_dict`` (taken before the
+    trainer is dropped); the main process writes the folder and the others wait until it is in place.
     """
+    from components.distributed import is_main_process, wait_for_everyone
+
+    if is_main_process():
+        _write_trained(model, tokenizer, outcome, fallback_context_tokens=fallback_context_tokens, weights=state_dict)
+    wait_for_everyone()
+
+
+def _write_trained(
+    model: Any,
+    tokenizer: Any,
+    outcome: TrainingOutcome,
+    *,
+    fallback_context_tokens: int,
+    weights: Mapping[str, Any] | None,
+) -> None:
     import torch
 
     from components.io import atomic_directory
 
+    dtype = getattr(torch, outcome.saved_dtype)
     model.config.use_cache = True
-    model = model.to(getattr(torch, outcome.saved_dtype))
+    model = model.to(dtype)
     with atomic_directory(outcome.output_dir) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        if weights is None:
+            model.save_pretrained(staging, safe_serialization=True)
+        else:
+            cast = {name: tensor.to(dtype) for name, tensor in weights.items()}
+            model.save_pretrained(staging, state_dict=cast, safe_serialization=True)
+            del cast
         tokenizer.save_pretrained(staging)
         del model
         gc.collect()

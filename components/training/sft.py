@@ -7,10 +7,11 @@ whose teacher output parsed, the agent prompt (chat messages) and the teacher's 
     {"prompt": [system, user], "completion": [{"role": "assistant", "content": <teacher JSON>}]}
 
 TRL renders both with the tokenizer's chat template and computes the loss on the completion tokens only (prompt
-positions get label -100). Examples longer than ``sft.max_length`` are fitted before TRL sees them: the longest
-prompt message (the transcript) loses tokens from its middle, marked by ``CUT_MARKER``, so the system prompt, the
-session header with the memories, the end of the transcript, the final instruction and the whole completion are
-kept (TRL's own truncation keeps the start only, which would cut the completion off and drop the example).
+positions get label -100). Examples longer than ``sft.max_length`` are fitted before TRL sees them (``fit_prompt``,
+the one cut ADRPO applies to its prompts too): the longest prompt message (the transcript) loses tokens from its
+middle, marked by ``CUT_MARKER``, so the system prompt, the session header with the memories, the end of the
+transcript, the final instruction and the whole completion are kept (TRL's own truncation keeps the start only,
+which would cut the completion off and drop the example).
 
 ``train_sft`` fine-tunes fully or with LoRA (merged before saving), then writes model + tokenizer (chat template
 kept) and a ``memforge_model.json`` card into a temp folder beside ``output_dir``, reloads and smoke-tests it
@@ -35,7 +36,7 @@ from components.memory.types import PARTS
 from components.training.arguments import trainer_arguments
 from components.training.callbacks import OnLog, TrainingLog, log_forwarder
 from components.training.outcome import TrainingOutcome
-from components.training.saving import load_trainable, save_trained
+from components.training.saving import gathered_state_dict, load_trainable, save_trained
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def build_sft_dataset(examples: Sequence[Mapping[str, Any]]) -> Any:
 
 @dataclass(frozen=True)
 class FitReport:
-    """How many examples were already short enough, shortened in the prompt, or still too long."""
+    """How many examples (or ADRPO prompts) were already short enough, shortened in the prompt, or still too long."""
 
     fitted: int = 0
     shortened: int = 0
@@ -136,23 +137,38 @@ class FitReport:
     max_tokens_after: int = 0
 
 
-def _chat_tokens(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> int:
-    encoded = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=True, return_dict=True)
+def _chat_tokens(tokenizer: Any, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> int:
+    encoded = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
     return len(encoded["input_ids"])
 
 
-def fit_example(example: Mapping[str, Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], str, int, int]:
-    """``example`` fitted to ``max_length`` tokens: (example, status, tokens before, tokens after).
+def fit_prompt(
+    prompt: Sequence[Mapping[str, str]],
+    tokenizer: Any,
+    max_length: int,
+    completion: Sequence[Mapping[str, str]] = (),
+) -> tuple[list[dict[str, str]], str, int, int]:
+    """The one prompt cut, shared by SFT and ADRPO: ``prompt`` fitted so that it takes at most ``max_length``
+    tokens, followed by ``completion`` or, without one, by the generation prompt (as TRL's GRPO renders it).
 
-    Status is ``fitted`` (unchanged), ``shortened`` (prompt messages, longest first, lost tokens from their middle,
-    replaced by ``CUT_MARKER``) or ``over_length`` (cannot fit without cutting the completion or a message below
-    ``MIN_KEPT_TOKENS``; left unchanged for TRL's truncation, which keeps the start).
+    Returns (prompt, status, tokens before, tokens after). Status is ``fitted`` (unchanged), ``shortened`` (prompt
+    messages, longest first, lost tokens from their middle, replaced by ``CUT_MARKER``: on an agent prompt the
+    user message loses the middle of its transcript, so the system prompt, the session header with the memories,
+    the newest turns and the final instruction are kept) or ``over_length`` (cannot fit without cutting the
+    completion or a message below ``MIN_KEPT_TOKENS``; returned unchanged).
     """
-    prompt = [dict(m) for m in example["prompt"]]
-    completion = [dict(m) for m in example["completion"]]
-    before = total = _chat_tokens(tokenizer, prompt + completion)
+    original = [dict(m) for m in prompt]
+    prompt = [dict(m) for m in prompt]
+    completion = [dict(m) for m in completion]
+
+    def measure(messages: list[dict[str, str]]) -> int:
+        return _chat_tokens(tokenizer, messages + completion, add_generation_prompt=not completion)
+
+    before = total = measure(prompt)
     if total <= max_length:
-        return dict(example), "fitted", before, total
+        return prompt, "fitted", before, total
     marker = len(tokenizer(CUT_MARKER, add_special_tokens=False)["input_ids"])
     for _ in range(_FIT_ATTEMPTS * len(prompt)):
         ids_by_message = [tokenizer(m["content"], add_special_tokens=False)["input_ids"] for m in prompt]
@@ -169,10 +185,22 @@ def fit_example(example: Mapping[str, Any], tokenizer: Any, max_length: int) -> 
             + CUT_MARKER
             + tokenizer.decode(ids[len(ids) - tail :], skip_special_tokens=False),
         }
-        total = _chat_tokens(tokenizer, prompt + completion)
+        total = measure(prompt)
         if total <= max_length:
-            return {**example, "prompt": prompt}, "shortened", before, total
-    return dict(example), "over_length", before, before
+            return prompt, "shortened", before, total
+    return original, "over_length", before, before
+
+
+def fit_example(example: Mapping[str, Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], str, int, int]:
+    """``example`` with its ``prompt`` fitted to ``max_length`` tokens (``fit_prompt``; its ``completion`` counted
+    when it has one, as an SFT example does, an ADRPO prompt row not): (example, status, tokens before, after).
+
+    An ``over_length`` example is left unchanged (for SFT: TRL's truncation then keeps the start).
+    """
+    prompt, status, before, after = fit_prompt(
+        example["prompt"], tokenizer, max_length, example.get("completion") or ()
+    )
+    return ({**example, "prompt": prompt} if status == "shortened" else dict(example)), status, before, after
 
 
 def fit_examples(
@@ -187,13 +215,6 @@ def fit_examples(
         counts[status] += 1
         longest_before, longest_after = max(longest_before, before), max(longest_after, after)
     report = FitReport(counts["fitted"], counts["shortened"], counts["over_length"], longest_before, longest_after)
-    if report.over_length:
-        logger.warning(
-            "sft: %d example(s) stay longer than max_length=%d even with the prompt cut; TRL truncates their "
-            "completion's end",
-            report.over_length,
-            max_length,
-        )
     return fitted, report
 
 
@@ -260,7 +281,8 @@ class SFTOutcome(TrainingOutcome):
 def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
     """``trl.SFTConfig`` for ``cfg`` (``trainer_arguments``: precision, activation checkpointing, logging, seed; no
     checkpoints) plus SFT's own fields: the loss on completion tokens only, ``max_length`` (TRL keeps the start of
-    a longer example, which ``fit_examples`` has made rare), epochs, steps and batch shape."""
+    a longer example, which ``fit_examples`` has made rare), the schedule, warm-up and clipping, epochs, steps and
+    batch shape."""
     from trl import SFTConfig as TRLSFTConfig
 
     return trainer_arguments(
@@ -273,6 +295,9 @@ def trl_config(cfg: SFTConfig, scratch_dir: str | os.PathLike[str]) -> Any:
         max_length=cfg.max_length,
         truncation_mode="keep_start",
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a share of the total steps
+        max_grad_norm=cfg.max_grad_norm,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -341,6 +366,13 @@ def train_sft(
     rows = dataset.to_list()
     examples_per_part = dict(Counter(str(row.get("part", "")) for row in rows))
     fitted, fit = fit_examples(rows, tokenizer, cfg.max_length)
+    if fit.over_length:
+        logger.warning(
+            "sft: %d example(s) stay longer than max_length=%d even with the prompt cut; TRL truncates their "
+            "completion's end",
+            fit.over_length,
+            cfg.max_length,
+        )
     log = TrainingLog()
     tokens: list[float] = []
 
@@ -389,7 +421,8 @@ def train_sft(
         device=str(trainer.args.device),
         saved_dtype=saved_dtype,
     )
+    weights = None if cfg.use_lora else gathered_state_dict(trainer)  # a merged LoRA model is saved as it is
     del trainer, model  # frees the optimizer state before the saved model is reloaded and checked
-    save_trained(trained, tokenizer, outcome, fallback_context_tokens=cfg.max_length)
+    save_trained(trained, tokenizer, outcome, fallback_context_tokens=cfg.max_length, state_dict=weights)
     outcome.seconds = time.perf_counter() - started
     return outcome
