@@ -159,6 +159,29 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Print the commands that train a GRPO stage on several GPUs (accelerate, optionally a vLLM server)."""
+    from components.training.launch import launch_plan
+
+    plan = launch_plan(
+        load_params(args.params, overrides(args.set)),
+        args.stage,
+        args.config,
+        gpus=args.gpus,
+        vllm_gpus=args.vllm_gpus,
+        vllm_tensor_parallel=args.vllm_tensor_parallel,
+        vllm_port=args.vllm_port,
+        overrides=args.set,
+        params_file=args.params,
+    )
+    if plan.server is not None:
+        print(f"# vLLM server: start it first and wait until {plan.server_url}/health/ answers")
+        print(plan.server.shell())
+    print(f"# trainer: {plan.stage} with {plan.config}")
+    print(plan.trainer.shell())
+    return 0
+
+
 def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
     """The ``memforge`` parser; each of ``extensions`` is called with the subcommands object to add its own."""
     parser = argparse.ArgumentParser(prog="memforge", description=DESCRIPTION)
@@ -220,6 +243,18 @@ def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
     promote.add_argument("--to-version", type=int, metavar="N", help="roll back: make version N the champion")
     promote.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     promote.set_defaults(func=cmd_promote)
+
+    from components.training.launch import ACCELERATE_CONFIGS, DEFAULT_VLLM_PORT, STAGE_SECTIONS
+
+    launch = sub.add_parser("launch", help="print the multi-GPU commands for a GRPO stage (accelerate, vLLM server)")
+    launch.add_argument("stage", choices=list(STAGE_SECTIONS))
+    launch.add_argument("--config", choices=ACCELERATE_CONFIGS, default="ddp", help="infra/accelerate config")
+    launch.add_argument("--gpus", type=int, required=True, help="GPUs of the machine, vLLM server's included")
+    launch.add_argument("--vllm-gpus", type=int, default=0, help="GPUs for a `trl vllm-serve` (0 = no server)")
+    launch.add_argument("--vllm-tensor-parallel", type=int, default=1, help="vLLM GPUs per model copy")
+    launch.add_argument("--vllm-port", type=int, default=DEFAULT_VLLM_PORT)
+    launch.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    launch.set_defaults(func=cmd_launch)
 
     synth = sub.add_parser("synth", help="write a synthetic dialogue corpus (JSON Lines)")
     synth.add_argument("--out", required=True, type=Path)

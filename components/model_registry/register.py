@@ -41,6 +41,7 @@ from components.model_registry.tags import (
     MODEL_DIGEST,
     PARAMS_DIGEST,
     RUN_ID,
+    TRAINING_SCOPE,
     data_digest_tag,
     eval_metric_tag,
 )
@@ -82,6 +83,7 @@ class Registration:
     settings: Mapping[str, Any]
     digest: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""  # the model card's note, shown on the version page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +125,19 @@ def check_model_folder(model_dir: str | Path) -> None:
     del model, tokenizer
 
 
+def training_scope(model_dir: Path) -> tuple[str, str]:
+    """The model card's training scope and note (``model.training_scope``); ``("unknown", "")`` for a folder
+    memforge did not write (no card)."""
+    from components.errors import ModelLoadError
+    from components.llm.model_assets import read_model_card
+
+    try:
+        card = read_model_card(model_dir)
+    except ModelLoadError:
+        return "unknown", ""
+    return card.training_scope, card.note
+
+
 def evaluation_tags(report_path: str | Path, cfg: RegisteredModelConfig) -> dict[str, str]:
     """``eval_metric_tag(key) -> value`` for every numeric leaf of the evaluation report. The promotion metric
     (``cfg.metric``) must be among them; a leaf whose key MLflow cannot store as a tag is skipped with a warning."""
@@ -158,15 +173,19 @@ def prepare_registration(
     nothing is registered yet."""
     folder = Path(model_dir)
     check_model_folder(folder)
+    scope, note = training_scope(folder)
     digest = dvc_digest(folder)
     tags = {
         GIT_COMMIT: git_commit(),
         MODEL_DIGEST: digest,
+        TRAINING_SCOPE: scope,
         EVAL_SET_DIGEST: eval_set_digest,
         **lineage,
         **evaluation_tags(eval_report_path, cfg),
     }
-    return Registration(cfg=cfg, kind=kind, model_dir=folder, settings=dict(settings), digest=digest, tags=tags)
+    return Registration(
+        cfg=cfg, kind=kind, model_dir=folder, settings=dict(settings), digest=digest, tags=tags, description=note
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +251,7 @@ def register(client: MlflowClient, registration: Registration, run_id: str) -> R
         run_id=run_id,
         tags={**registration.tags, RUN_ID: run_id},
         model_id=logged.model_id,
+        description=registration.description or None,
     )
     try:
         client.set_registered_model_alias(name, CHALLENGER, created.version)

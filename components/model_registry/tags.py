@@ -20,6 +20,7 @@ PARAMS_DIGEST = f"{PREFIX}params_digest"  # digest of the params sections the mo
 EVAL_SET_DIGEST = f"{PREFIX}eval_set_digest"  # identity of the evaluation set: only equal ones are compared
 EVAL_METRIC = f"{PREFIX}eval."  # + a metric's '/'-joined key in the evaluation report; the value as a float
 RUN_ID = f"{PREFIX}run_id"  # the MLflow run of the register stage
+TRAINING_SCOPE = f"{PREFIX}training_scope"  # model.training_scope from the model card: smoke (CPU default) or full
 
 PROMOTION = f"{PREFIX}promotion."  # + decision, challenger_score, champion_score, champion_version, run_id
 

@@ -15,8 +15,8 @@ from typing import Literal
 
 from components.errors import ConfigError
 
-Group = Literal["all", "membuilder", "memagent"]
-GROUPS: tuple[Group, ...] = ("all", "membuilder", "memagent")
+Group = Literal["all", "membuilder", "memagent", "evaluation"]
+GROUPS: tuple[Group, ...] = ("all", "membuilder", "memagent", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ STAGES: tuple[Stage, ...] = (
         "eval_longcontext",
         "accuracy against input length, reader vs full context",
         ("memagent.reader", "memagent.eval", "model.max_context_tokens"),
-        ("memagent",),
+        ("memagent", "evaluation"),
         gpu=True,
     ),
     Stage(
@@ -93,7 +93,7 @@ STAGES: tuple[Stage, ...] = (
             "backends.judge",
             "model.max_context_tokens",
         ),
-        ("membuilder",),
+        ("membuilder", "evaluation"),
         gpu=True,
     ),
     # Both trained models and both evaluations: part of the whole pipeline only.

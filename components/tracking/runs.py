@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 PARENT_RUN_ENV = "MEMFORGE_PARENT_RUN_ID"
 MAX_PARAM_CHARS = 6000  # MLflow's limit for a param value
+# The orchestrator's run (a Prefect flow run) that started this process, passed down to the stages like the parent.
+FLOW_RUN_ID_ENV = "MEMFORGE_FLOW_RUN_ID"
+FLOW_RUN_NAME_ENV = "MEMFORGE_FLOW_RUN_NAME"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+# MLflow 3's UI opens an experiment by this tag's kind; without it, it guesses (and may pick the GenAI view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -58,9 +65,13 @@ def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag was set
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return client, experiment.experiment_id
     try:
-        return client, client.create_experiment(cfg.experiment, artifact_location=_artifact_root(cfg))
+        return client, client.create_experiment(
+            cfg.experiment, artifact_location=_artifact_root(cfg), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except Exception:  # another process created it first
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
@@ -217,16 +228,18 @@ def stage_run(
 
     client, experiment_id = _client(tracking)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    name, flow_tags = run_label(stage)
     tags = {
-        MLFLOW_RUN_NAME: stage,
+        MLFLOW_RUN_NAME: name,
         "memforge.stage": stage,
         "mlflow.source.git.commit": git_commit(),
         "mlflow.source.type": "JOB",
+        **flow_tags,
     }
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
     close_ghost_runs(client, experiment_id, stage)
-    run = client.create_run(experiment_id, run_name=stage, tags={**tags, **process_tags()})
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, **process_tags()})
     handle = StageRun(client=client, run_id=run.info.run_id)
     try:
         if params_section:
@@ -241,6 +254,16 @@ def stage_run(
             client.set_terminated(run.info.run_id, status=status)
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def run_label(stage: str, env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The run name and tags for ``stage``: under a flow run (``$MEMFORGE_FLOW_RUN_ID``/``_NAME``) the name is
+    ``<stage>-<flow run name>``, so runs of one stage tell apart, and the run carries the flow run's id."""
+    env = os.environ if env is None else env
+    flow_run_id, flow_run_name = env.get(FLOW_RUN_ID_ENV, ""), env.get(FLOW_RUN_NAME_ENV, "")
+    if not flow_run_id:
+        return stage, {}
+    return f"{stage}-{flow_run_name or flow_run_id[:8]}", {FLOW_RUN_TAG: flow_run_id}
 
 
 HOST_TAG = "memforge.host"
@@ -279,15 +302,27 @@ def close_ghost_runs(client: MlflowClient, experiment_id: str, stage: str) -> li
     return closed
 
 
-def start_pipeline_run(tracking: TrackingConfig, name: str, params: Mapping[str, Any] | None = None) -> str:
-    """Create the parent run of a pipeline; stages nest under it via ``MEMFORGE_PARENT_RUN_ID``."""
+def start_pipeline_run(
+    tracking: TrackingConfig,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    flow_env: Mapping[str, str] | None = None,
+) -> str:
+    """Create the parent run of a pipeline; stages nest under it via ``MEMFORGE_PARENT_RUN_ID``. ``flow_env``
+    (``MEMFORGE_FLOW_RUN_ID``/``_NAME``, default: this process's environment) names it and tags its flow run."""
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     client, experiment_id = _client(tracking)
+    label, flow_tags = run_label(name, flow_env)
     run = client.create_run(
         experiment_id,
-        run_name=name,
-        tags={MLFLOW_RUN_NAME: name, "memforge.stage": "pipeline", "mlflow.source.git.commit": git_commit()},
+        run_name=label,
+        tags={
+            MLFLOW_RUN_NAME: label,
+            "memforge.stage": "pipeline",
+            "mlflow.source.git.commit": git_commit(),
+            **flow_tags,
+        },
     )
     if params:
         StageRun(client, run.info.run_id).log_params(params)
