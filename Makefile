@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu run repro test test-fast test-slow lint format ui prefect-server profile-gpu profile-default bench learning-check plots-template clean
+.PHONY: help install install-gpu run repro test test-fast test-slow lint format ui prefect-server profile-gpu profile-gpu-small profile-default bench learning-check plots-template clean up down status chromium
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -37,7 +37,13 @@ repro: install ## reproduce the pipeline with DVC only (skips unchanged stages)
 	dvc repro
 
 test: install ## set up, then run the whole test suite (GPU tests skip without a GPU)
+	@$(MAKE) --no-print-directory chromium
 	pytest
+
+chromium: ## headless Chromium for the UI tests, from Debian's packages where missing (they skip without it)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+		|| echo "headless Chromium is not installed and could not be (apt-get install -y chromium): the UI test will skip"
 
 test-fast: install ## unit tests only (no slow end-to-end tests)
 	pytest -m "not slow"
@@ -57,8 +63,22 @@ ui: install ## MLflow UI on the repo's local store (http://127.0.0.1:5000)
 prefect-server: install ## a persistent local Prefect server with its UI (http://127.0.0.1:4200)
 	prefect server start
 
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+up: install ## start a Prefect server, a process worker and an MLflow server on loopback, register prefect.yaml's deployments
+	python infra/stack.py up --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT)
+
+down: ## stop exactly what `make up` started
+	python infra/stack.py down
+
+status: ## the processes `make up` started and the servers' health
+	python infra/stack.py status
+
 profile-gpu: install ## switch params.yaml to the papers' GPU settings
 	memforge params apply paper-gpu
+
+profile-gpu-small: install ## switch params.yaml to one GPU with the shipped SmolLM2-135M (trains in minutes)
+	memforge params apply gpu-small
 
 profile-default: install ## switch params.yaml back to the CPU defaults
 	memforge params apply default
@@ -70,8 +90,9 @@ bench: install ## run the benchmarks and record their results in benchmarks/resu
 	python benchmarks/bench_adrpo.py
 	python benchmarks/bench_reader.py
 
-learning-check: install ## ADRPO's honest learning check on the CPU profile (needs models/sft and data/qa: run first)
-	python benchmarks/learning_check_adrpo.py
+learning-check: install ## does training work on the applied profile? runs the stages it needs, then records base / sft / adrpo / expert and the MemAgent readers
+	dvc repro synth_qa sft memagent_train
+	python benchmarks/learning_check.py
 
 plots-template: install ## rebuild infra/dvc/plots.html, the offline page of `dvc plots show` (needs npm)
 	python infra/dvc/build_plots_template.py

@@ -1,4 +1,4 @@
-"""A Prefect task that runs one DVC stage and streams its log lines into Prefect."""
+"""Prefect tasks that run DVC: one stage (`dvc repro`) or one experiment (`dvc exp run`), logging into Prefect."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 
 from components.errors import MemforgeError
-
-SKIP_MARKERS = ("didn't change, skipping", "is cached - skipping")
+from flows.experiment import WorkspaceSnapshot, stage_outcomes
 
 
 class StageFailed(MemforgeError):
@@ -52,10 +51,13 @@ def dvc_command(stage: str) -> list[str]:
     return [dvc_executable(), "repro", "--single-item", stage]
 
 
-def restore_outputs(stage: str, repo_dir: str, env: Mapping[str, str] | None = None) -> str:
-    """After ``stage`` failed: put its last good outputs back from the DVC cache (DVC removed them before running
-    the stage, so the stage's own atomic swap could not keep them); what happened, for the log and the error."""
-    command = [dvc_executable(), "checkout", "--force", stage]
+def restore_outputs(stages: str | list[str], repo_dir: str, env: Mapping[str, str] | None = None) -> str:
+    """Put the outputs of ``stages`` back from the DVC cache as ``dvc.lock`` records them: after a stage failed (DVC
+    removed its outputs before running it, so the stage's own atomic swap could not keep them) or after an
+    experiment (the workspace's own results); what happened, for the log and the error."""
+    names = [stages] if isinstance(stages, str) else stages
+    stage = " ".join(names)
+    command = [dvc_executable(), "checkout", "--force", *names]
     proc = subprocess.run(command, cwd=repo_dir, env=stage_environment(env), capture_output=True, text=True)
     if proc.returncode == 0:
         return f"restored the last good outputs of {stage} from the DVC cache ({' '.join(command[1:])})"
@@ -66,13 +68,12 @@ def restore_outputs(stage: str, repo_dir: str, env: Mapping[str, str] | None = N
     )
 
 
-@task(name="dvc-stage", cache_policy=NONE, task_run_name="dvc repro {stage}")
-def run_dvc_stage(stage: str, repo_dir: str = ".", env: Mapping[str, str] | None = None) -> StageOutcome:
-    """Run `dvc repro` for one stage, streaming its output line by line to the Prefect log."""
+def stream(command: list[str], repo_dir: str, env: Mapping[str, str] | None, label: str) -> tuple[int, str]:
+    """Run ``command`` in ``repo_dir``, each output line to the Prefect log as ``[label] line``; its exit code and
+    full output."""
     logger = get_run_logger()
-    command = dvc_command(stage)
     logger.info("running %s in %s", " ".join(command), repo_dir)
-    tail: list[str] = []
+    lines: list[str] = []
     with subprocess.Popen(
         command,
         cwd=repo_dir,
@@ -88,12 +89,45 @@ def run_dvc_stage(stage: str, repo_dir: str = ".", env: Mapping[str, str] | None
         for line in proc.stdout:
             line = line.rstrip()
             if line:
-                logger.info("[%s] %s", stage, line)
-                tail = [*tail[-39:], line]
+                logger.info("[%s] %s", label, line)
+                lines.append(line)
         code = proc.wait()
-    text = "\n".join(tail)
+    return code, "\n".join(lines)
+
+
+def tail(log: str, lines: int = 40) -> str:
+    return "\n".join(log.splitlines()[-lines:])
+
+
+@task(name="dvc-stage", cache_policy=NONE, task_run_name="dvc repro {stage}")
+def run_dvc_stage(stage: str, repo_dir: str = ".", env: Mapping[str, str] | None = None) -> StageOutcome:
+    """Run `dvc repro` for one stage, streaming its output line by line to the Prefect log."""
+    code, log = stream(dvc_command(stage), repo_dir, env, stage)
     if code != 0:
         restored = restore_outputs(stage, repo_dir, env)
-        logger.warning("[%s] %s", stage, restored)
-        raise StageFailed(f"dvc repro {stage} exited {code}:\n{text}\n{restored}")
-    return StageOutcome(stage=stage, skipped=any(marker in text for marker in SKIP_MARKERS), log_tail=text)
+        get_run_logger().warning("[%s] %s", stage, restored)
+        raise StageFailed(f"dvc repro {stage} exited {code}:\n{tail(log)}\n{restored}")
+    return StageOutcome(stage=stage, skipped=stage_outcomes(log).get(stage, False), log_tail=tail(log))
+
+
+@task(name="dvc-experiment", cache_policy=NONE, task_run_name="dvc exp run {name}")
+def run_dvc_experiment(
+    name: str,
+    command: list[str],
+    snapshot: WorkspaceSnapshot,
+    repo_dir: str = ".",
+    env: Mapping[str, str] | None = None,
+) -> list[StageOutcome]:
+    """Run one ``dvc exp run`` (``flows.experiment.exp_run_command``) and put the workspace back as ``snapshot``
+    holds it, whether it succeeded or not (so a retry starts from the same workspace); one outcome per stage DVC
+    reported."""
+    logger = get_run_logger()
+    code, log = stream(command, repo_dir, env, f"exp {name}")
+    ran = [stage for stage, skipped in stage_outcomes(log).items() if not skipped]
+    changed = snapshot.restore()
+    logger.info("workspace restored (params.yaml, dvc.lock, git-tracked metrics): %s", ", ".join(changed) or "-")
+    restored = restore_outputs(ran, repo_dir, env) if ran else ""
+    logger.info("%s", restored or "no stage ran")
+    if code != 0:
+        raise StageFailed(f"dvc exp run {name} exited {code}:\n{tail(log)}\n{restored}")
+    return [StageOutcome(stage=stage, skipped=skipped, log_tail="") for stage, skipped in stage_outcomes(log).items()]

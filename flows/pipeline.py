@@ -1,77 +1,155 @@
-"""The memforge pipeline flow: the DVC stages in order, one Prefect task each, under one MLflow run.
+"""The memforge pipeline flow: the DVC stages in order under one MLflow run, one workspace lock held throughout.
+
+Without overrides each stage is its own Prefect task (``dvc repro --single-item``), so DVC skips unchanged ones.
+With overrides the run is an ordinary DVC experiment (``flows.experiment``): one ``dvc exp run -S ... <stages>``
+task, listed by ``dvc exp show``, after which the workspace (``params.yaml`` first) is as it was. The stages and
+overrides are validated before anything starts; the flow run links to its MLflow run (a Prefect link artifact) and
+every MLflow run it makes carries the flow run's id and name.
 
 With no Prefect server configured, calling the flow starts Prefect's temporary local server; with
-``PREFECT_API_URL`` set it reports to that server. ``prefect.yaml`` deploys it to a process work pool
-so runs can be scheduled, and parameters set, from the Prefect UI.
+``PREFECT_API_URL`` set it reports to that server. ``prefect.yaml`` deploys it to a process work pool so runs can
+be scheduled, and parameters set, from the Prefect UI (the form comes from this signature).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from components.config import load_params, render_params, to_dict
-from components.io import write_text_atomic
-from components.stages.registry import Group, select_stages
-from components.tracking import PARENT_RUN_ENV, end_pipeline_run, start_pipeline_run
-from flows.dvc_tasks import run_dvc_stage
+from components.config import Params, TrackingConfig, load_params, parse_yaml, to_dict
+from components.io import read_text_strict
+from components.stages.registry import STAGE_NAMES, Group, get_stage, select_stages
+from components.tracking import PARENT_RUN_ENV, end_pipeline_run, resolve_tracking_uri, start_pipeline_run
+from components.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV
+from flows.dvc_tasks import dvc_executable, run_dvc_experiment, run_dvc_stage
+from flows.experiment import WorkspaceSnapshot, exp_run_command, experiment_name
+from flows.identity import flow_identity
+from flows.workspace import GPU_TAG, workspace_lock
+
+# The stage names as a choice in the Prefect UI, generated from the registry (one list of stages).
+StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 
 
-def apply_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
-    """Validate ``key=value`` overrides against the typed config and write them into params.yaml.
+def validate_request(
+    stages: list[str] | None, group: Group, overrides: dict[str, Any] | None, params_path: Path
+) -> tuple[list[str], Params]:
+    """The stages to run and the params they will see, or a ``ConfigError`` naming the unknown stage, group or
+    override key (or the bad value) before any server, task or retry starts."""
+    chosen = select_stages(stages, group)
+    return chosen, load_params(params_path, overrides)
 
-    This is what ``dvc exp run -S`` does to the workspace; DVC then sees the changed params and
-    re-runs exactly the stages that depend on them.
-    """
-    params = load_params(params_file, overrides)
-    write_text_atomic(params_file, render_params(params))
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run when the tracking URI is a server (the UI is served there); else None."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def link_mlflow_run(tracking: TrackingConfig, run_id: str) -> None:
+    """A Prefect artifact on this flow run pointing to its MLflow run: a link when MLflow is a server, else how to
+    open the local store."""
+    from mlflow import MlflowClient
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    uri = resolve_tracking_uri(tracking)
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    url = mlflow_run_url(uri, experiment_id, run_id)
+    description = f"The MLflow run of this flow run (experiment {tracking.experiment})"
+    if url:
+        create_link_artifact(link=url, link_text=f"MLflow run {run_id}", key="mlflow-run", description=description)
+    else:
+        create_markdown_artifact(
+            markdown=f"MLflow run `{run_id}` in `{uri}`: `mlflow ui --backend-store-uri {uri}`",
+            key="mlflow-run",
+            description=description,
+        )
 
 
 @flow(name="memforge-pipeline", log_prints=True)
 def memforge_pipeline(
-    stages: list[str] | None = None,
+    stages: list[StageName] | None = None,
     group: Group = "all",
     params_overrides: dict[str, Any] | None = None,
     params_file: str = "params.yaml",
     repo_dir: str = ".",
 ) -> dict[str, Any]:
-    """Run the DVC stages in pipeline order (``stages``, else every stage of ``group``); DVC skips unchanged ones."""
-    logger = get_run_logger()
-    chosen = select_stages(stages, group)
+    """Run memforge's DVC stages in pipeline order under one MLflow run; DVC skips unchanged ones.
+
+    Args:
+        stages: Stages to run, in pipeline order whatever the order given; none: every stage of the group.
+        group: The stages to run when none are named: all, membuilder, memagent or evaluation.
+        params_overrides: params.yaml values for this run only, as dotted keys, e.g. {"ingest.splits.seed": 3}.
+            The run is a DVC experiment (dvc exp run -S), listed by dvc exp show; params.yaml stays as it was.
+        params_file: The params file, relative to the workspace.
+        repo_dir: The DVC workspace (default: the deployment's working directory).
+    """
     repo = Path(repo_dir).resolve()
-    params_path = repo / params_file
-    if params_overrides:
-        apply_overrides(params_path, params_overrides)
-    params = load_params(params_path)
-    stage_task = run_dvc_stage.with_options(
-        retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds
-    )
-    parent_run = start_pipeline_run(
-        _repo_relative(params, repo), "pipeline", {"stages": chosen, "overrides": params_overrides or {}}
-    )
-    logger.info("MLflow pipeline run %s; stages: %s", parent_run, ", ".join(chosen))
-    outcomes = []
-    try:
-        for stage in chosen:
-            outcome = stage_task(stage, repo_dir=str(repo), env={PARENT_RUN_ENV: parent_run})
-            outcomes.append(outcome.to_dict())
-    except BaseException:
-        end_pipeline_run(_repo_relative(params, repo), parent_run, "FAILED", {"stages": outcomes})
-        raise
-    summary = {"mlflow_run_id": parent_run, "stages": outcomes, "params": to_dict(params.pipeline)}
-    end_pipeline_run(_repo_relative(params, repo), parent_run, "FINISHED", summary)
+    chosen, params = validate_request(stages, group, params_overrides, repo / params_file)  # before anything runs
+    logger = get_run_logger()
+    tracking = _repo_relative(params.tracking, repo)
+    identity = flow_identity()
+    with workspace_lock(repo) as lock:
+        logger.info("holding the workspace lock %s", lock)
+        parent_run = start_pipeline_run(
+            tracking, "pipeline", {"stages": chosen, "overrides": params_overrides or {}}, flow_env=identity
+        )
+        link_mlflow_run(tracking, parent_run)
+        logger.info("MLflow pipeline run %s; stages: %s", parent_run, ", ".join(chosen))
+        env = {PARENT_RUN_ENV: parent_run, **identity}
+        summary: dict[str, Any] = {"mlflow_run_id": parent_run, "stages": []}
+        try:
+            if params_overrides:
+                summary |= _run_experiment(chosen, params_overrides, params, repo, params_file, identity, env)
+            else:
+                summary["stages"] = _run_stages(chosen, params, repo, env)
+        except BaseException:
+            end_pipeline_run(tracking, parent_run, "FAILED", summary)
+            raise
+        summary["params"] = to_dict(params.pipeline)
+        end_pipeline_run(tracking, parent_run, "FINISHED", summary)
     return summary
 
 
-def _repo_relative(params: Any, repo: Path) -> Any:
-    """Tracking config whose local store path is anchored at the repo, wherever the flow was started."""
-    from dataclasses import replace
+def _retrying(task: Any, params: Params, stages: list[str]) -> Any:
+    """``task`` with the pipeline's retries, tagged ``gpu`` when it runs a GPU stage."""
+    tags = {GPU_TAG} if any(get_stage(name).gpu for name in stages) else set()
+    return task.with_options(
+        retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds, tags=tags
+    )
 
-    store = Path(params.tracking.store_dir)
-    return replace(params.tracking, store_dir=str(store if store.is_absolute() else repo / store))
+
+def _run_stages(chosen: list[str], params: Params, repo: Path, env: dict[str, str]) -> list[dict[str, object]]:
+    """One ``dvc repro --single-item`` task per stage, in order."""
+    return [_retrying(run_dvc_stage, params, [stage])(stage, repo_dir=str(repo), env=env).to_dict() for stage in chosen]
+
+
+def _run_experiment(
+    chosen: list[str],
+    overrides: dict[str, Any],
+    params: Params,
+    repo: Path,
+    params_file: str,
+    identity: dict[str, str],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """The chosen stages as one DVC experiment named after the flow run; the workspace restored after it."""
+    name = experiment_name(identity[FLOW_RUN_NAME_ENV], identity[FLOW_RUN_ID_ENV])
+    raw = parse_yaml(read_text_strict(repo / params_file), params_file) or {}
+    command = exp_run_command(dvc_executable(), chosen, overrides, raw, name, params_file)
+    snapshot = WorkspaceSnapshot.take(repo, params_file)
+    outcomes = _retrying(run_dvc_experiment, params, chosen)(name, command, snapshot, repo_dir=str(repo), env=env)
+    return {"dvc_experiment": name, "stages": [outcome.to_dict() for outcome in outcomes]}
+
+
+def _repo_relative(tracking: TrackingConfig, repo: Path) -> TrackingConfig:
+    """Tracking config whose local store path is anchored at the repo, wherever the flow was started."""
+    store = Path(tracking.store_dir)
+    return replace(tracking, store_dir=str(store if store.is_absolute() else repo / store))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from tests.helpers import FIXTURES
 if TYPE_CHECKING:
     from components.config import Params
 
+# the session's local stack (infra/stack.py): the `local_stack` fixture
+pytest_plugins = ["tests.stack_fixtures"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["GX_ANALYTICS_ENABLED"] = "False"

@@ -152,8 +152,8 @@ ROLLOUTS_B = {
     "semantic": ("[]", entries({"operation": "UPDATE", "id": "sem-7", "content": "x"})),  # r1: unknown id
     "procedural": (PRO_B0, PRO_B1),
 }
-# token counts: 10 unless listed
-TOKENS = {CORE_A0: 275, SEM_A1: 26, CORE_B1: 401, EPI_B1: 4}
+# token counts: 10 unless listed (entry outputs differ from the expert's by >= 200 tokens, so their ratio counts)
+TOKENS = {CORE_A0: 275, SEM_A0: 150, SEM_A1: 400, CORE_B1: 401, EPI_B0: 500, EPI_B1: 200}
 
 
 def count_tokens(text: str) -> int:
@@ -172,11 +172,11 @@ def bank_after_a(cache: EmbeddingCache) -> MemoryBank:
 #  A: task = (1.0, 0.5)   r0 answers Oslo (core) and Mochi (sem); r1 only Mochi (core unparseable)
 #     core  r0: 275 tokens -> pen 0.5 -> 1.0 * 0.6 = 0.6;   r1: gate 0 -> 0
 #     epi   r0: 1.0;                                         r1: gate 0 -> 0
-#     sem   r0: ratio 1 -> 1.0;                              r1: ratio 2.6 -> pen 1 -> 0.5 * 0.2 = 0.1
+#     sem   r0: ratio 1 -> 1.0;                              r1: 400/150, ratio 2.67 -> pen 1 -> 0.5 * 0.2 = 0.1
 #     pro   r0: 1.0;                                         r1: 0.5
 #  B: task = (1.0, 0.5)   r0 answers the date (epi-1 dated 2023-03-01) and yoga (pro); r1 only yoga (core + pro)
 #     core  r0: SKIP, 10 tokens -> 1.0;                      r1: 401 tokens -> pen 1 -> 0.5 * 0.2 = 0.1
-#     epi   r0: 1.0;                                         r1: ratio 0.4 -> pen 0.2 -> 0.5 * 0.84 = 0.42
+#     epi   r0: 1.0;               r1: 200/500 = 0.4 -> pen (0.5 - 0.4) / (0.5 - 0.2) = 1/3 -> 0.5 * (1 - 0.8/3) = 11/30
 #     sem   r0: [] -> 1.0;                                   r1: gate 0 -> 0
 #     pro   r0: 1.0;                                         r1: 0.5
 EXPECTED_REWARDS = {
@@ -185,14 +185,22 @@ EXPECTED_REWARDS = {
     ("c1:s1", "semantic"): (1.0, 0.1),
     ("c1:s1", "procedural"): (1.0, 0.5),
     ("c1:s2", "core"): (1.0, 0.1),
-    ("c1:s2", "episodic"): (1.0, 0.42),
+    ("c1:s2", "episodic"): (1.0, 11 / 30),
     ("c1:s2", "semantic"): (1.0, 0.0),
     ("c1:s2", "procedural"): (1.0, 0.5),
 }
-# retrieval_share, pooled over both rollouts' memories (supporting hits):
+# retrieval_share (published, the default), per rollout: entries retrieved (top 10) for the session's 2 questions
+#  A r0, r1: one entry in memory (semantic) -> semantic 2 -> semantic 4, others 1
+#  B r0, r1: three entries (sem-1, one episodic, one procedural) -> 2 each, a tie -> episodic (first in order) 4
+#  (the same in both rollouts here, so one mapping per session)
+RETRIEVAL_WEIGHTS = {
+    "c1:s1": {"core": 1.0, "episodic": 1.0, "semantic": 4.0, "procedural": 1.0},
+    "c1:s2": {"core": 1.0, "episodic": 4.0, "semantic": 1.0, "procedural": 1.0},
+}
+# answer_hits, pooled over both rollouts' memories (answer-bearing hits):
 #  A: core 1 (Oslo in r0's core), semantic 2 (Mochi entry in r0 and r1) -> semantic 4, others 1
 #  B: episodic 1 (r0 date), procedural 2 (r0, r1), core 1 (r1's core says yoga) -> procedural 4, others 1
-RETRIEVAL_WEIGHTS = {
+ANSWER_HITS_WEIGHTS = {
     "c1:s1": {"core": 1.0, "episodic": 1.0, "semantic": 4.0, "procedural": 1.0},
     "c1:s2": {"core": 1.0, "episodic": 1.0, "semantic": 1.0, "procedural": 4.0},
 }

@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tracking",),  # MLflow runs and the one publishing helper (draws its figures through plots)
     ("plots", "progress"),  # figures and DVC plot tables; progress reporting
     ("config",),  # typed parameters with help text, validated at load
-    ("io", "text", "secrets", "datablock"),  # atomic writes, strict reads; text normalisation; secrets; data blocks
+    # atomic writes, strict reads; text normalisation; secrets; data blocks; the processes of a multi-process launch
+    ("io", "text", "secrets", "datablock", "distributed"),
     ("errors", "components"),  # the error types; the package root (its version)
 )
 PACKAGE = "components"

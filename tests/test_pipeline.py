@@ -226,10 +226,16 @@ def test_prefect_flow_runs_stages_in_order_under_one_mlflow_run(
     again = memforge_pipeline(repo_dir=str(repo))
     assert all(s["skipped"] == (s["stage"] not in ALWAYS_RUN) for s in again["stages"])
 
-    # a parameter set from the UI is validated and then changes exactly the stages that use it
+    # a parameter set from the UI is validated and then changes exactly the stages that use it, as a DVC
+    # experiment: params.yaml is left as it was
+    before = (repo / "params.yaml").read_bytes()
     rerun = memforge_pipeline(repo_dir=str(repo), params_overrides={"ingest.splits.seed": 5})
     assert {s["stage"]: s["skipped"] for s in rerun["stages"]} == {s: s not in DIALOGUE_CHAIN for s in ALL_STAGES}
-    assert "seed: 5" in (repo / "params.yaml").read_text()
+    assert (repo / "params.yaml").read_bytes() == before
+    shown = json.loads(_run([str(Path(sys.executable).parent / "dvc"), "exp", "show", "--json"], repo).stdout)
+    [experiment] = [rev for row in shown for exp in row.get("experiments") or [] for rev in exp["revs"]]
+    assert experiment["name"] == rerun["dvc_experiment"]
+    assert experiment["data"]["params"]["params.yaml"]["data"]["ingest"]["splits"]["seed"] == 5
 
 
 def run_ingest_on_a_broken_source(repo: Path) -> Any:

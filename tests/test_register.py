@@ -26,6 +26,7 @@ from components.config import (
     MemAgentConfig,
     MemAgentTrainConfig,
     MemoryConfig,
+    ModelConfig,
     Params,
     ReaderConfig,
     RegisterConfig,
@@ -33,6 +34,7 @@ from components.config import (
     TrackingConfig,
 )
 from components.errors import ConfigError, InputError, ModelLoadError
+from components.llm.model_assets import SMOKE_NOTE, prepare_model
 from components.memory.bank import MemoryBank
 from components.model_registry.tags import (
     CHALLENGER,
@@ -41,6 +43,7 @@ from components.model_registry.tags import (
     MODEL_DIGEST,
     PARAMS_DIGEST,
     RUN_ID,
+    TRAINING_SCOPE,
     eval_metric_tag,
 )
 from components.stages.runner import run_stage
@@ -56,8 +59,10 @@ MEMAGENT = "memforge-memagent"
 def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny models whose output depends on the prompt: a writer and a reader (and a retrained writer)."""
     root = tmp_path_factory.mktemp("models")
+    chatty_writer = build_chatty_model(tiny_model_dir, root / "chatty", seed=1)
+    prepare_model(ModelConfig(name_or_path=str(chatty_writer), output_dir=str(root / "adrpo")), root / "adrpo")
     return {
-        "writer": build_chatty_model(tiny_model_dir, root / "adrpo", seed=1),
+        "writer": root / "adrpo",  # with a model card from the CPU default: a smoke run
         "writer_retrained": build_chatty_model(tiny_model_dir, root / "adrpo2", seed=2),
         "reader": build_chatty_model(tiny_model_dir, root / "memagent", seed=3),
     }
@@ -137,12 +142,15 @@ def test_register_then_load_by_alias_and_predict(params: Params, monkeypatch: py
     assert float(tags[eval_metric_tag("score/containment")]) == 0.4
     assert float(tags[eval_metric_tag("methods/rag/containment")]) == 0.3
     assert any(key.endswith("data/trajectories") for key in tags)
+    # the smoke run says so on the version; a folder without a memforge card is unknown
+    assert (tags[TRAINING_SCOPE], version.description) == ("smoke", SMOKE_NOTE)
     run = client.get_run(tags[RUN_ID])
     assert run.data.tags["memforge.registered.membuilder"] == f"{MEMBUILDER}/1"
     assert run.data.tags["memforge.registered.memagent"] == f"{MEMAGENT}/1"
     reader_tags = client.get_model_version_by_alias(MEMAGENT, CHALLENGER).tags
     assert float(reader_tags[eval_metric_tag("mean/memagent/mean_correct")]) == 0.5
     assert reader_tags[EVAL_SET_DIGEST] != tags[EVAL_SET_DIGEST]
+    assert reader_tags[TRAINING_SCOPE] == "unknown"
 
     import mlflow.pyfunc
     import pandas as pd
