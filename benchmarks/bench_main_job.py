@@ -22,6 +22,7 @@ the 1-minute load average before and after each run is recorded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -168,6 +169,21 @@ def bench_stages(ref: str, workdir: Path) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def scratch(prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A temporary folder for clones and logs: kept (and named) when the benchmark fails or ``keep``, else removed."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    except BaseException:
+        print(f"failed; the clones and logs are kept in {workdir}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"clones and logs kept in {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def record(label: str, result: dict[str, object]) -> None:
     """Write ``result`` under ``label`` into results/main_job.json, keeping the other labels."""
     data = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
@@ -184,17 +200,9 @@ def main() -> None:
     parser.add_argument("--label", help="key in results/main_job.json (default: after_<mode>)")
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="memforge-main-job-"))
     bench = bench_pipeline if args.mode == "pipeline" else bench_stages
-    try:
+    with scratch("memforge-main-job-", keep=args.keep) as workdir:
         result = bench(args.ref, workdir)
-    except BaseException:
-        print(f"failed; the clone and its logs are kept in {workdir}", file=sys.stderr)
-        raise
-    if args.keep:
-        print(f"clone kept in {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     record(args.label or f"after_{args.mode}", result)
     print(json.dumps(result, indent=2))
 
