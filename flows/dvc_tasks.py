@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from components.errors import MemforgeError
@@ -49,6 +51,41 @@ def dvc_executable() -> str:
 def dvc_command(stage: str) -> list[str]:
     """`dvc repro --single-item <stage>`: upstream stages are their own tasks, run before this one."""
     return [dvc_executable(), "repro", "--single-item", stage]
+
+
+def changed_stages(repo_dir: str, stages: list[str]) -> set[str] | None:
+    """The stages among ``stages`` that ``dvc repro`` would run now (changed deps, params, outs or command, or
+    ``always_changed``), from one in-process ``dvc status``: no DVC process per stage. None when DVC cannot tell
+    (the reason is logged); every stage then runs as its own task, which reports the error."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    dvc_yaml = Path(repo_dir).resolve() / "dvc.yaml"  # targets resolve against the cwd, not the repo
+    try:
+        with Repo(repo_dir) as repo:
+            status = repo.status(targets=[f"{dvc_yaml}:{stage}" for stage in stages])
+    except DvcException as exc:
+        run_logger().warning("dvc status failed (%s); every stage runs as its own task", exc)
+        return None
+    return {address.rsplit(":", 1)[-1] for address in status}  # "[path/]dvc.yaml:stage" or "stage"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow or task run (its lines reach the UI), else this module's logger."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def unchanged_prefix(stages: list[str], changed: set[str] | None) -> int:
+    """How many of ``stages`` (in pipeline order) lead up to the first changed one: nothing upstream of them runs,
+    so they stay unchanged and need no ``dvc repro``. From the first changed stage on, each runs as a task and DVC
+    decides (a stage unchanged now may change when an upstream one reruns). All of them when none changed; none
+    when ``changed`` is unknown."""
+    if changed is None:
+        return 0
+    return next((index for index, stage in enumerate(stages) if stage in changed), len(stages))
 
 
 def restore_outputs(stages: str | list[str], repo_dir: str, env: Mapping[str, str] | None = None) -> str:

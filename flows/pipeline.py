@@ -1,6 +1,7 @@
 """The memforge pipeline flow: the DVC stages in order under one MLflow run, one workspace lock held throughout.
 
-Without overrides each stage is its own Prefect task (``dvc repro --single-item``), so DVC skips unchanged ones.
+Without overrides each stage is its own Prefect task (``dvc repro --single-item``), so DVC skips unchanged ones;
+one ``dvc status`` first finds the leading stages nothing changed, which start no task and no DVC process.
 With overrides the run is an ordinary DVC experiment (``flows.experiment``): one ``dvc exp run -S ... <stages>``
 task, listed by ``dvc exp show``, after which the workspace (``params.yaml`` first) is as it was. The stages and
 overrides are validated before anything starts; the flow run links to its MLflow run (a Prefect link artifact) and
@@ -25,7 +26,14 @@ from components.io import read_text_strict
 from components.stages.registry import STAGE_NAMES, Group, get_stage, select_stages
 from components.tracking import PARENT_RUN_ENV, end_pipeline_run, resolve_tracking_uri, start_pipeline_run
 from components.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV
-from flows.dvc_tasks import dvc_executable, run_dvc_experiment, run_dvc_stage
+from flows.dvc_tasks import (
+    StageOutcome,
+    changed_stages,
+    dvc_executable,
+    run_dvc_experiment,
+    run_dvc_stage,
+    unchanged_prefix,
+)
 from flows.experiment import WorkspaceSnapshot, exp_run_command, experiment_name
 from flows.identity import flow_identity
 from flows.workspace import GPU_TAG, workspace_lock
@@ -124,8 +132,14 @@ def _retrying(task: Any, params: Params, stages: list[str]) -> Any:
 
 
 def _run_stages(chosen: list[str], params: Params, repo: Path, env: dict[str, str]) -> list[dict[str, object]]:
-    """One ``dvc repro --single-item`` task per stage, in order."""
-    return [_retrying(run_dvc_stage, params, [stage])(stage, repo_dir=str(repo), env=env).to_dict() for stage in chosen]
+    """One ``dvc repro --single-item`` task per stage, in order, from the first stage ``dvc status`` finds changed;
+    the unchanged stages before it are reported skipped without starting DVC for each."""
+    start = unchanged_prefix(chosen, changed_stages(str(repo), chosen))
+    if start:
+        get_run_logger().info("unchanged since dvc.lock (dvc status), not run: %s", ", ".join(chosen[:start]))
+    skipped = [StageOutcome(stage=stage, skipped=True, log_tail="").to_dict() for stage in chosen[:start]]
+    ran = [_retrying(run_dvc_stage, params, [stage])(stage, repo_dir=str(repo), env=env) for stage in chosen[start:]]
+    return skipped + [outcome.to_dict() for outcome in ran]
 
 
 def _run_experiment(

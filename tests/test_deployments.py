@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from components.tracking.runs import (
     FLOW_RUN_TAG,
     run_label,
 )
+from flows.dvc_tasks import changed_stages, unchanged_prefix
 from flows.experiment import (
     WorkspaceSnapshot,
     exp_run_command,
@@ -246,6 +248,34 @@ def test_stage_outcomes_from_a_dvc_log() -> None:
         ]
     )
     assert stage_outcomes(log) == {"prepare_model": True, "ingest": False, "expert": True}
+
+
+def test_the_unchanged_prefix_stops_at_the_first_changed_stage() -> None:
+    stages = ["prepare_model", "ingest", "expert", "register"]
+    assert unchanged_prefix(stages, {"register"}) == 3  # a no-op run: only the always_changed stage is a task
+    assert unchanged_prefix(stages, {"ingest", "register"}) == 1  # expert may change once ingest reruns
+    assert unchanged_prefix(stages, set()) == 4
+    assert unchanged_prefix(stages, None) == 0  # DVC could not tell: every stage is a task
+
+
+def test_dvc_status_names_the_stages_dvc_repro_would_run(tmp_path: Path) -> None:
+    git_init(tmp_path)
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a: {cmd: echo a > a.txt, outs: [a.txt]}\n"
+        "  b: {cmd: cat a.txt > b.txt, deps: [a.txt], outs: [b.txt]}\n"
+        "  c: {cmd: echo c, always_changed: true}\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(bin_dir / "dvc"), "repro", "-q"], cwd=tmp_path, env=env, check=True)
+    assert changed_stages(str(tmp_path), ["a", "b", "c"]) == {"c"}
+    (tmp_path / "a.txt").write_text("edited\n", encoding="utf-8")
+    assert changed_stages(str(tmp_path), ["a", "b", "c"]) == {"a", "b", "c"}
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a: [not, a, stage]\n", encoding="utf-8")
+    assert changed_stages(str(tmp_path), ["a"]) is None  # unknown: every stage then runs as a task
 
 
 def test_workspace_snapshot_puts_back_params_lock_and_git_tracked_metrics(tmp_path: Path) -> None:
