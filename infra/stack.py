@@ -41,6 +41,9 @@ STOP_ORDER = ("prefect-worker", "mlflow-server", "prefect-server")  # clients fi
 QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 # MLflow's job runner (a pool of huey consumers) serves GenAI features memforge does not use
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# the local worker asks for scheduled runs every 2 s (Prefect's default: 10 s), so a run triggered from the UI starts
+# at once; a loopback server bears the polling easily
+WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
 
 
 class StackError(RuntimeError):
@@ -395,7 +398,7 @@ def register(config: StackConfig, state: StackState) -> None:
     ensure_pool(state.prefect_api_url, config.pool, prefect, env, config.project_dir, log_dir / "pool.log")
     argv = [prefect, "--no-prompt", "worker", "start", "--pool", config.pool, "--type", "process",
             "--name", f"memforge-local-{os.getpid()}"]  # fmt: skip
-    state.processes["prefect-worker"] = spawn("prefect-worker", argv, env, config.project_dir, log_dir)
+    state.processes["prefect-worker"] = spawn("prefect-worker", argv, env | WORKER_ENV, config.project_dir, log_dir)
     write_state(config.state_file, state)
     if config.deploy:
         deploy_argv = [prefect, "--no-prompt", "deploy", "--all"]
