@@ -176,9 +176,17 @@ def test_register_then_load_by_alias_and_predict(params: Params, monkeypatch: py
     assert out["memory"][0]  # the chatty model writes a memory after each chunk
 
 
-def test_retried_registration_creates_no_new_version(params: Params, models: dict[str, Path]) -> None:
+def test_retried_registration_creates_no_new_version(
+    params: Params, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.model_registry import register as registration
+
+    loaded: list[Path] = []  # the folders loaded (the real check runs)
+    check = registration.check_model_folder
+    monkeypatch.setattr(registration, "check_model_folder", lambda folder: check(folder) or loaded.append(folder))
     run_stage("register", params)
     again = run_stage("register", params)
+    assert len(loaded) == 2  # the repeated run loaded no model: both folders were registered already
 
     assert again.metrics["membuilder"] == {"version": 1, "created": False}
     assert again.metrics["memagent"] == {"version": 1, "created": False}
@@ -194,6 +202,7 @@ def test_retried_registration_creates_no_new_version(params: Params, models: dic
     assert third.metrics["membuilder"] == {"version": 2, "created": True}
     assert third.metrics["memagent"] == {"version": 1, "created": False}
     assert aliases(client, MEMBUILDER) == {CHALLENGER: 2}
+    assert [Path(folder) for folder in loaded[2:]] == [models["writer_retrained"]]  # only the new folder loads
 
 
 class AliasFails(MlflowClient):

@@ -1,7 +1,8 @@
 """Registering a trained model in the MLflow model registry: one version per model folder, alias ``challenger``.
 
-``prepare_registration`` checks everything a registration needs before the registry is touched (the model folder
-loads, the evaluation report holds the promotion metric) and computes the version's tags; ``register`` then
+``prepare_registration`` checks the evaluation report (it holds the promotion metric) and computes the version's
+tags before the registry is touched; ``register_all`` loads every model folder no version holds yet (all of them
+before any is registered: a corrupt folder registers nothing) and then registers each with ``register``, which
 
 1. returns the existing version, moving nothing, when a version of the model already carries the folder's digest
    (``MODEL_DIGEST``: ``dvc_digest``, DVC's digest of the folder as it is in the workspace), so a retried or
@@ -169,10 +170,9 @@ def prepare_registration(
     eval_set_digest: str,
     lineage: Mapping[str, str],
 ) -> Registration:
-    """Check the model folder and the evaluation report and compute the version's tags (all but the run id);
-    nothing is registered yet."""
+    """Check the evaluation report and compute the version's tags (all but the run id); nothing is registered yet
+    and the model folder is not loaded (``register_all`` loads it when no version holds its digest)."""
     folder = Path(model_dir)
-    check_model_folder(folder)
     scope, note = training_scope(folder)
     digest = dvc_digest(folder)
     tags = {
@@ -265,6 +265,19 @@ def register(client: MlflowClient, registration: Registration, run_id: str) -> R
     return RegistrationResult(name, int(created.version), created=True)
 
 
+def register_all(
+    client: MlflowClient, registrations: Mapping[str, Registration], run_id: str
+) -> dict[str, RegistrationResult]:
+    """Register prepared models together. Every folder no version holds yet is loaded first, so a missing or corrupt
+    one (``ModelLoadError``) registers none of them; a folder registered before (same digest) was loaded then, so a
+    repeated run loads no model and creates nothing."""
+    check_registry(client)
+    for registration in registrations.values():
+        if find_version(client, registration.cfg.name, registration.digest) is None:
+            check_model_folder(registration.model_dir)
+    return {key: register(client, registration, run_id) for key, registration in registrations.items()}
+
+
 def register_model(
     client: MlflowClient,
     cfg: RegisteredModelConfig,
@@ -277,7 +290,7 @@ def register_model(
     lineage: Mapping[str, str],
     run_id: str,
 ) -> RegistrationResult:
-    """Check, then register one model (``prepare_registration`` + ``register``)."""
+    """Check, then register one model (``prepare_registration`` + ``register_all``)."""
     registration = prepare_registration(
         cfg,
         kind,
@@ -287,4 +300,4 @@ def register_model(
         eval_set_digest=eval_set_digest,
         lineage=lineage,
     )
-    return register(client, registration, run_id)
+    return register_all(client, {kind: registration}, run_id)[kind]

@@ -7,10 +7,12 @@
   eval_longcontext (``memagent.eval.report_path``; ``memagent.eval.model_name_or_path`` must be that folder). Its
   evaluation set: the long-context files of ``memagent.eval.tasks`` and the sample cap.
 
-Both are checked first (model folders load, reports hold the promotion metric, evaluation files exist), so a bad
-input registers nothing. A model folder registered before (same DVC digest) keeps its version and aliases
-(``created: false``). Metrics: ``{membuilder: {version, created}, memagent: {version, created}}`` in
-``register.report_path``; run tags ``memforge.registered.<kind>`` = ``NAME/VERSION``.
+Both are checked first (reports hold the promotion metric, evaluation files exist, and every model folder not
+registered yet loads), so a bad input registers nothing. A model folder registered before (same DVC digest) keeps
+its version and aliases (``created: false``) and is not loaded again: a repeated run (the stage is
+``always_changed``) costs digests and registry lookups.
+Metrics: ``{membuilder: {version, created}, memagent: {version, created}}`` in ``register.report_path``;
+run tags ``memforge.registered.<kind>`` = ``NAME/VERSION``.
 """
 
 from __future__ import annotations
@@ -159,24 +161,20 @@ def _prepare(
 
 def run(params: Params, tracked: StageRun) -> StageResult:
     """Register the memory writer and the long-context reader (both checked before either is registered)."""
-    from components.model_registry.client import check_registry
-    from components.model_registry.register import register
+    from components.model_registry.register import register_all
 
     start = time.perf_counter()
     registrations = {"membuilder": membuilder_registration(params), "memagent": memagent_registration(params)}
     timings = {"check_seconds": time.perf_counter() - start}
-    check_registry(tracked.client)
-    results = {}
     for kind, registration in registrations.items():
         tracked.log_input_dataset(
             registration.model_dir, name=f"{kind}-model", context="model", digest=registration.digest
         )
-        start = time.perf_counter()
-        results[kind] = register(tracked.client, registration, tracked.run_id)
-        timings[f"{kind}_seconds"] = time.perf_counter() - start
-        logger.info(
-            "register: %s version %d (created: %s)", results[kind].name, results[kind].version, results[kind].created
-        )
+    start = time.perf_counter()
+    results = register_all(tracked.client, registrations, tracked.run_id)
+    timings["register_seconds"] = time.perf_counter() - start
+    for result in results.values():
+        logger.info("register: %s version %d (created: %s)", result.name, result.version, result.created)
     return StageResult(
         metrics={kind: result.metrics() for kind, result in results.items()},
         metrics_path=params.register.report_path,
