@@ -9,7 +9,8 @@ on the local stack (`make up`), in one run, each from its own clean clone of the
    ports, prefect.yaml's deployments registered from the clone), then a run of `memforge-pipeline/default`
    triggered through the Prefect API as the UI's Run button does, timed from the trigger to its final state (the
    worker's polling, the flow's start and every task included); then a second run, in which DVC skips every stage:
-   the no-op flow run. `infra/stack.py down` at the end, whatever happened.
+   the no-op flow run, with where its seconds went (to the flow's start, the flow, each task) from the Prefect API.
+   `infra/stack.py down` at the end, whatever happened.
 
 Overhead is (deployment - dvc repro) / dvc repro. Targets (issue 14): under 10 %, no-op flow run under 10 s.
 Both runs use this interpreter's environment with the clone first on PYTHONPATH (as bench_main_job.py), offline.
@@ -76,23 +77,39 @@ def stack(repo: Path, env: dict[str, str], command: str, *extra: str) -> subproc
     return subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-def run_deployment_timed(api_url: str) -> tuple[float, str]:
-    """Trigger the deployment through the Prefect API and wait for a final state: its wall seconds and state."""
+def run_deployment_timed(api_url: str) -> tuple[float, str, dict[str, Any]]:
+    """Trigger the deployment through the Prefect API and wait for a final state: its wall seconds, its state and
+    where the seconds went (``breakdown``)."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}):
         started = time.perf_counter()
-        flow_run_id = run_deployment(DEPLOYMENT, parameters={}, timeout=0).id
+        flow_run = run_deployment(DEPLOYMENT, parameters={}, timeout=0)
         deadline = time.monotonic() + RUN_TIMEOUT_S
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
-                state = client.read_flow_run(flow_run_id).state
+                state = client.read_flow_run(flow_run.id).state
                 if state is not None and state.is_final():
-                    return round(time.perf_counter() - started, 1), str(state.type.value)
+                    wall = round(time.perf_counter() - started, 1)
+                    return wall, str(state.type.value), breakdown(client, flow_run.id, flow_run.created)
                 time.sleep(0.5)
-    raise SystemExit(f"flow run {flow_run_id} did not finish within {RUN_TIMEOUT_S} s")
+    raise SystemExit(f"flow run {flow_run.id} did not finish within {RUN_TIMEOUT_S} s")
+
+
+def breakdown(client: Any, flow_run_id: Any, created: Any) -> dict[str, Any]:
+    """Where a flow run's seconds went, from the Prefect API: from its creation to the flow starting (the worker's
+    polling and the flow process's start-up), the flow itself, and each task run."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run = client.read_flow_run(flow_run_id)
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {
+        "to_start_s": round((run.start_time - created).total_seconds(), 1),
+        "flow_s": round((run.end_time - run.start_time).total_seconds(), 1),
+        "tasks_s": {task.name: round(task.total_run_time.total_seconds(), 1) for task in tasks},
+    }
 
 
 def bench_deployment(workdir: Path) -> dict[str, Any]:
@@ -105,12 +122,13 @@ def bench_deployment(workdir: Path) -> dict[str, Any]:
             raise SystemExit(f"infra/stack.py up failed:\n{up.stderr}")
         state = json.loads((repo / ".memforge" / "stack.json").read_text(encoding="utf-8"))
         load = os.getloadavg()[0]
-        full, full_state = run_deployment_timed(state["prefect_api_url"])
-        noop, noop_state = run_deployment_timed(state["prefect_api_url"])
+        full, full_state, _ = run_deployment_timed(state["prefect_api_url"])
+        noop, noop_state, noop_breakdown = run_deployment_timed(state["prefect_api_url"])
         print(f"deployment: {full} s ({full_state}); no-op flow run: {noop} s ({noop_state})", flush=True)
         if full_state != "COMPLETED" or noop_state != "COMPLETED":
             raise SystemExit(f"flow runs ended {full_state}, {noop_state}; logs in {repo / '.memforge'}")
         return {"clone": str(repo), "commit": commit, "pipeline_s": full, "noop_s": noop,
+                "noop_breakdown": noop_breakdown,
                 "load_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
     finally:
         down = stack(repo, env, "down")
