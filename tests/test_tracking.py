@@ -147,6 +147,39 @@ def test_dvc_digest_equals_dvcs_own_hash_of_a_folder(tmp_path: Path) -> None:
     assert dvc_digest(data) == recorded
 
 
+def test_dvc_digest_reads_a_large_file_dvc_hashed_from_its_cache_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `dvc add`, a model-sized file is not read again; once edited, it is hashed afresh."""
+    import hashlib
+    import sys
+
+    import yaml
+
+    from components.tracking import runs
+    from tests.helpers import git_init
+
+    git_init(tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    weights = tmp_path / "model" / "weights.bin"
+    weights.parent.mkdir()
+    weights.write_bytes(bytes(range(256)) * (runs.STATE_LOOKUP_BYTES // 256 + 1))
+    (tmp_path / "model" / "config.json").write_text("{}\n", encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "model"], cwd=tmp_path, check=True)
+    recorded = yaml.safe_load((tmp_path / "model.dvc").read_text(encoding="utf-8"))["outs"][0]["md5"]
+
+    hashed: list[str] = []
+    real_file_digest = runs.file_digest
+    monkeypatch.setattr(runs, "file_digest", lambda path: hashed.append(Path(path).name) or real_file_digest(path))
+    assert dvc_digest(tmp_path / "model") == recorded
+    assert hashed == ["config.json"]  # the small file is hashed; the large one comes from DVC's cache
+
+    with weights.open("ab") as handle:
+        handle.write(b"fine-tuned")
+    assert dvc_digest(weights) == hashlib.md5(weights.read_bytes()).hexdigest()
+    assert hashed[-1] == "weights.bin"
+
+
 def test_git_commit_is_recorded_inside_a_repo(tracking_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.helpers import git_init
 
