@@ -41,9 +41,9 @@ STOP_ORDER = ("prefect-worker", "mlflow-server", "prefect-server")  # clients fi
 QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 # MLflow's job runner (a pool of huey consumers) serves GenAI features memforge does not use
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-# the local worker asks for scheduled runs every 2 s (Prefect's default: 10 s), so a run triggered from the UI starts
+# the local worker asks for scheduled runs every second (Prefect's default: 10 s), so a run triggered from the UI starts
 # at once; a loopback server bears the polling easily
-WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 
 
 class StackError(RuntimeError):
