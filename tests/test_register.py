@@ -219,22 +219,21 @@ class AliasFails(MlflowClient):
 
 def test_failure_while_aliasing_leaves_no_version_and_no_alias(params: Params) -> None:
     from components.model_registry.pyfunc import model_settings
-    from components.model_registry.register import register_model
+    from components.model_registry.register import prepare_registration, register_all
     from components.tracking import stage_run
 
     client = AliasFails(tracking_uri=resolve_tracking_uri(params.tracking))
+    registration = prepare_registration(
+        params.register.membuilder,
+        "membuilder",
+        params.adrpo.output_dir,
+        model_settings("membuilder", params),
+        eval_report_path=params.eval_dialogue.report_path,
+        eval_set_digest="digest",
+        lineage={},
+    )
     with stage_run("register", params.tracking) as run, pytest.raises(RuntimeError, match="registry went away"):
-        register_model(
-            client,
-            params.register.membuilder,
-            "membuilder",
-            params.adrpo.output_dir,
-            model_settings("membuilder", params),
-            eval_report_path=params.eval_dialogue.report_path,
-            eval_set_digest="digest",
-            lineage={},
-            run_id=run.run_id,
-        )
+        register_all(client, {"membuilder": registration}, run.run_id)
     assert client.attempted == [1]  # version 1 existed when the alias failed
     assert versions(client, MEMBUILDER) == []
     assert aliases(client, MEMBUILDER) == {}

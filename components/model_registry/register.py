@@ -276,28 +276,3 @@ def register_all(
         if find_version(client, registration.cfg.name, registration.digest) is None:
             check_model_folder(registration.model_dir)
     return {key: register(client, registration, run_id) for key, registration in registrations.items()}
-
-
-def register_model(
-    client: MlflowClient,
-    cfg: RegisteredModelConfig,
-    kind: Kind,
-    model_dir: str | Path,
-    settings: Mapping[str, Any],
-    *,
-    eval_report_path: str | Path,
-    eval_set_digest: str,
-    lineage: Mapping[str, str],
-    run_id: str,
-) -> RegistrationResult:
-    """Check, then register one model (``prepare_registration`` + ``register_all``)."""
-    registration = prepare_registration(
-        cfg,
-        kind,
-        model_dir,
-        settings,
-        eval_report_path=eval_report_path,
-        eval_set_digest=eval_set_digest,
-        lineage=lineage,
-    )
-    return register_all(client, {kind: registration}, run_id)[kind]
