@@ -194,3 +194,21 @@ def test_git_commit_is_recorded_inside_a_repo(tracking_config, tmp_path: Path, m
     with stage_run("ingest", tracking_config) as run:
         run_id = run.run_id
     assert _client(tracking_config).get_run(run_id).data.tags["mlflow.source.git.commit"] == head
+
+
+def test_a_tracking_server_that_does_not_answer_fails_at_once_naming_it_without_its_password(
+    tracking_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from components.errors import ConfigError
+
+    with socket.socket() as probe:  # a loopback port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    unreachable = f"tracking server at http://127.0.0.1:{port} .*does not answer"
+    with pytest.raises(ConfigError, match=unreachable) as raised, stage_run("ingest", tracking_config):
+        pass
+    assert "s3cret" not in str(raised.value)
+    assert "make up" in str(raised.value)

@@ -15,12 +15,14 @@ import json
 import os
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import TrackingConfig
+from components.errors import ConfigError
 from components.io import file_digest
 from components.secrets import REDACTED, is_secret_name, scrub
 
@@ -36,6 +38,7 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 # MLflow 3's UI opens an experiment by this tag's kind; without it, it guesses (and may pick the GenAI view).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+SERVER_CHECK_TIMEOUT_S = 5.0  # for a tracking server's health endpoint
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -57,12 +60,41 @@ def _artifact_root(cfg: TrackingConfig) -> str | None:
     return root.as_uri()
 
 
+def shown_uri(uri: str) -> str:
+    """``uri`` without the user and password a server URI may carry, for messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def check_tracking_server(uri: str, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """A tracking server (``http(s)://``) that does not answer its health endpoint is a ``ConfigError`` at once,
+    saying what to do (MLflow's own client would retry for minutes). Any HTTP answer counts as up."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an auth layer may refuse /health)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"the MLflow tracking server at {shown_uri(uri)} (MLFLOW_TRACKING_URI) does not answer: {reason}; "
+            "start it (make up) or unset MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
 def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     from mlflow import MlflowClient
 
     # No mlflow.set_tracking_uri: in MLflow 3 it also exports MLFLOW_TRACKING_URI, which would pin
     # every later run in this process (and its subprocesses) to this store.
     uri = resolve_tracking_uri(cfg)
+    check_tracking_server(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
