@@ -25,7 +25,7 @@ from components.config import Params, TrackingConfig, load_params, parse_yaml, t
 from components.io import read_text_strict
 from components.stages.registry import STAGE_NAMES, Group, get_stage, select_stages
 from components.tracking import PARENT_RUN_ENV, end_pipeline_run, resolve_tracking_uri, start_pipeline_run
-from components.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV
+from components.tracking.runs import FLOW_RUN_ID_ENV, FLOW_RUN_NAME_ENV, mlflow_ui_url
 from flows.dvc_tasks import (
     StageOutcome,
     changed_stages,
@@ -51,13 +51,6 @@ def validate_request(
     return chosen, load_params(params_path, overrides)
 
 
-def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The MLflow UI page of a run when the tracking URI is a server (the UI is served there); else None."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def link_mlflow_run(tracking: TrackingConfig, run_id: str) -> None:
     """A Prefect artifact on this flow run pointing to its MLflow run: a link when MLflow is a server, else how to
     open the local store."""
@@ -66,7 +59,7 @@ def link_mlflow_run(tracking: TrackingConfig, run_id: str) -> None:
 
     uri = resolve_tracking_uri(tracking)
     experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
-    url = mlflow_run_url(uri, experiment_id, run_id)
+    url = mlflow_ui_url(uri, f"experiments/{experiment_id}/runs/{run_id}")
     description = f"The MLflow run of this flow run (experiment {tracking.experiment})"
     if url:
         create_link_artifact(link=url, link_text=f"MLflow run {run_id}", key="mlflow-run", description=description)

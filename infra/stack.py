@@ -11,7 +11,8 @@ user's ``~/.prefect`` profile is never read or written), the MLflow server serve
 ``components/tracking`` use when ``MLFLOW_TRACKING_URI`` is unset). ``up`` records every process it starts (pid,
 process group, start time, log) in ``<state-dir>/stack.json`` as it goes, so ``down`` finds them even after an
 interrupted ``up``; an ``up`` that fails stops what it had started. Progress goes to stderr; stdout carries only
-the ``export`` lines, so ``eval "$(python infra/stack.py up)"`` works too. Standard library only.
+the ``export`` lines, so ``eval "$(python infra/stack.py up)"`` works too. Standard library only, but for naming
+memforge's MLflow experiment (``experiment_page``: memforge's own code, installed in the environment).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class StackState:
     project_dir: str
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: list[str] = field(default_factory=list)
+    mlflow_experiment_url: str = ""  # memforge's experiment in the MLflow UI, as model training
 
     def client_env(self) -> dict[str, str]:
         """The variables that point Prefect and MLflow clients (and ``memforge``) at this stack."""
@@ -356,6 +358,8 @@ def up(config: StackConfig) -> StackState:
     )  # fmt: skip
     try:
         start_servers(config, state, prefect_port, mlflow_port)
+        state.mlflow_experiment_url = experiment_page(state)
+        write_state(config.state_file, state)
         register(config, state)
     except BaseException:
         with contextlib.suppress(StackError):
@@ -387,6 +391,16 @@ def start_servers(config: StackConfig, state: StackState, prefect_port: int, mlf
     for name, url in health_urls(state).items():
         wait_until(name, lambda url=url: healthy(url), state.processes[name], config.startup_timeout_s)
         say(f"{name} is healthy: {url}")
+
+
+def experiment_page(state: StackState) -> str:
+    """memforge's experiment (``tracking.experiment`` in the project's params.yaml, created with its kind when
+    missing) as an MLflow UI address in the model training view: the one step that uses memforge's own code."""
+    from components.config import load_params
+    from components.tracking.runs import experiment_ui_url
+
+    tracking = load_params(Path(state.project_dir) / "params.yaml").tracking
+    return experiment_ui_url(tracking, state.mlflow_uri) or ""
 
 
 def register(config: StackConfig, state: StackState) -> None:
@@ -431,7 +445,7 @@ def status_lines(state: StackState) -> Iterator[str]:
 def summary(state: StackState) -> str:
     lines = [
         f"Prefect UI  {state.prefect_ui_url}",
-        f"MLflow UI   {state.mlflow_uri}",
+        f"MLflow UI   {state.mlflow_experiment_url or state.mlflow_uri}",
         f"deployments {', '.join(state.deployments) or '(none registered)'}",
         'point memforge and the prefect/mlflow CLIs at them: eval "$(python infra/stack.py env)"',
     ]

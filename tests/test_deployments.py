@@ -26,6 +26,7 @@ from components.tracking.runs import (
     FLOW_RUN_ID_ENV,
     FLOW_RUN_NAME_ENV,
     FLOW_RUN_TAG,
+    mlflow_ui_url,
     run_label,
 )
 from flows.dvc_tasks import changed_stages, unchanged_prefix
@@ -37,7 +38,6 @@ from flows.experiment import (
     set_param_args,
     stage_outcomes,
 )
-from flows.pipeline import mlflow_run_url
 from tests.helpers import REPO_ROOT, git_init
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
@@ -329,6 +329,9 @@ def test_stage_runs_carry_the_flow_run_and_the_experiment_is_model_training(
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
 
 
-def test_mlflow_run_url_only_for_a_server() -> None:
-    assert mlflow_run_url("http://127.0.0.1:5000/", "1", "abc") == "http://127.0.0.1:5000/#/experiments/1/runs/abc"
-    assert mlflow_run_url("sqlite:///tmp/mlflow.db", "1", "abc") is None
+def test_mlflow_ui_urls_open_the_model_training_view_on_a_server_without_credentials() -> None:
+    run_page = "experiments/1/runs/abc"
+    expected = "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    assert mlflow_ui_url("http://127.0.0.1:5000/", run_page) == expected
+    assert mlflow_ui_url("http://bob:pa55@127.0.0.1:5000", run_page) == expected
+    assert mlflow_ui_url("sqlite:///tmp/mlflow.db", run_page) is None

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from components.tracking.runs import FLOW_RUN_TAG
+from components.tracking.runs import FLOW_RUN_TAG, MODEL_TRAINING_VIEW
 from tests.helpers import REPO_ROOT, git_init
 from tests.stack_fixtures import LocalStack
 
@@ -142,9 +142,8 @@ def test_a_ui_override_is_a_dvc_experiment_tracked_in_mlflow(
     assert runs["ingest"].data.tags["mlflow.parentRunId"] == runs["pipeline"].info.run_id
     assert all(run.info.status == "FINISHED" for run in runs.values())
     pipeline_run = runs["pipeline"].info
-    assert f"{local_stack.mlflow_uri}/#/experiments/{pipeline_run.experiment_id}/runs/{pipeline_run.run_id}" in (
-        mlflow_link(flow_run_id)
-    )
+    run_page = f"#/experiments/{pipeline_run.experiment_id}/runs/{pipeline_run.run_id}?{MODEL_TRAINING_VIEW}"
+    assert f"{local_stack.mlflow_uri}/{run_page}" in mlflow_link(flow_run_id)
 
 
 def test_two_triggers_in_one_workspace_queue_and_each_keeps_its_params(

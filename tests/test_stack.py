@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from components.tracking.runs import MODEL_TRAINING_VIEW
 from tests.helpers import REPO_ROOT
 from tests.stack_fixtures import LocalStack, isolated_stack_args, process_alive, stack_command
 
@@ -85,6 +86,19 @@ def test_the_mlflow_registry_is_database_backed_and_reachable(local_stack: Local
     assert (Path(local_stack.state["mlflow_store"]) / "mlflow.db").is_file()
 
 
+def test_an_experiment_url_names_the_experiment_created_with_its_kind(local_stack: LocalStack) -> None:
+    from mlflow import MlflowClient
+
+    from components.config import TrackingConfig
+    from components.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, experiment_ui_url
+
+    tracking = TrackingConfig(experiment=f"stack-test-{uuid.uuid4().hex[:8]}")
+    url = experiment_ui_url(tracking, local_stack.mlflow_uri)
+    experiment = MlflowClient(tracking_uri=local_stack.mlflow_uri).get_experiment_by_name(tracking.experiment)
+    assert url == f"{local_stack.mlflow_uri}/#/experiments/{experiment.experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
 def test_env_points_clients_at_the_stack(local_stack: LocalStack) -> None:
     """`eval "$(python infra/stack.py env)"`, then the Prefect CLI and memforge's tracking URI use the stack."""
     script = (
@@ -145,8 +159,8 @@ def render(chromium: str, url: str, screenshot: Path) -> str:
 def test_the_uis_show_the_deployments_and_the_registered_model(
     local_stack: LocalStack, registered_model: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Headless Chromium renders the Prefect UI's deployments page and the MLflow models page; the screenshots stay
-    in pytest's temporary directory (kept for the last runs)."""
+    """Headless Chromium renders the Prefect UI's deployments page, the MLflow models page and memforge's experiment
+    as `make up` prints it; the screenshots stay in pytest's temporary directory (kept for the last runs)."""
     chromium = chromium_binary()
     if chromium is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium)")
@@ -157,4 +171,11 @@ def test_the_uis_show_the_deployments_and_the_registered_model(
     missing = {name for name in prefect_yaml_deployments() if f">{name}<" not in prefect_dom}
     assert not missing, f"deployments {missing} not on the Prefect UI page (screenshot in {shots})"
     assert registered_model in mlflow_dom, f"{registered_model} not on the MLflow models page (screenshot in {shots})"
-    assert all((shots / png).stat().st_size > 10_000 for png in ("prefect-deployments.png", "mlflow-models.png"))
+    experiment_url = local_stack.state["mlflow_experiment_url"]  # what `make up` prints as the MLflow UI
+    experiment_page = rf"{re.escape(local_stack.mlflow_uri)}/#/experiments/\d+/runs\?{MODEL_TRAINING_VIEW}"
+    assert re.fullmatch(experiment_page, experiment_url), experiment_url
+    experiment_dom = render(chromium, experiment_url, shots / "mlflow-experiment.png")
+    # MLflow's model training view (its sidebar has the model registry), not the GenAI one (judges, sessions)
+    assert "Model registry" in experiment_dom and "Judges" not in experiment_dom, f"screenshot in {shots}"
+    pngs = ("prefect-deployments.png", "mlflow-models.png", "mlflow-experiment.png")
+    assert all((shots / png).stat().st_size > 10_000 for png in pngs)

@@ -38,22 +38,27 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 # MLflow 3's UI opens an experiment by this tag's kind; without it, it guesses (and may pick the GenAI view).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI keeps its GenAI / Model training switch per browser (GenAI first) whatever the experiment's kind;
+# this query on a UI address opens the page in the model training view.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 SERVER_CHECK_TIMEOUT_S = 5.0  # for a tracking server's health endpoint
 
 
-def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the repo-local SQLite store."""
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env_uri:
-        return env_uri
+def local_store_uri(cfg: TrackingConfig) -> str:
+    """The repo-local SQLite store (``<store_dir>/mlflow.db``), its folder created."""
     store = Path(cfg.store_dir).resolve()
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def _artifact_root(cfg: TrackingConfig) -> str | None:
-    """Artifact location for new experiments in the local store; remote servers choose their own."""
-    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the repo-local SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or local_store_uri(cfg)
+
+
+def _artifact_root(cfg: TrackingConfig, uri: str) -> str | None:
+    """Artifact location for new experiments in the local store; servers and other stores choose their own."""
+    if uri != local_store_uri(cfg):
         return None
     root = Path(cfg.store_dir).resolve() / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
@@ -88,12 +93,29 @@ def check_tracking_server(uri: str, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -
         ) from None
 
 
-def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+def mlflow_ui_url(server_uri: str, route: str) -> str | None:
+    """The MLflow UI address of ``route`` (``experiments/ID/runs/RUN``) on a tracking server, in the model training
+    view and without credentials; ``None`` for a store no UI is served from."""
+    if not server_uri.startswith(("http://", "https://")):
+        return None
+    return f"{shown_uri(server_uri).rstrip('/')}/#/{route}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_ui_url(cfg: TrackingConfig, server_uri: str) -> str | None:
+    """The UI address of memforge's experiment (``cfg.experiment``, created with its kind when missing) on the
+    tracking server at ``server_uri``: its runs, in the model training view."""
+    _, experiment_id = _client(cfg, server_uri)
+    return mlflow_ui_url(server_uri, f"experiments/{experiment_id}/runs")
+
+
+def _client(cfg: TrackingConfig, uri: str | None = None) -> tuple[MlflowClient, str]:
+    """A client on ``uri`` (default: ``resolve_tracking_uri``) and the id of the experiment ``cfg.experiment``,
+    created with memforge's experiment kind when missing."""
     from mlflow import MlflowClient
 
     # No mlflow.set_tracking_uri: in MLflow 3 it also exports MLFLOW_TRACKING_URI, which would pin
     # every later run in this process (and its subprocesses) to this store.
-    uri = resolve_tracking_uri(cfg)
+    uri = uri or resolve_tracking_uri(cfg)
     check_tracking_server(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
@@ -103,7 +125,7 @@ def _client(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
         return client, experiment.experiment_id
     try:
         return client, client.create_experiment(
-            cfg.experiment, artifact_location=_artifact_root(cfg), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            cfg.experiment, artifact_location=_artifact_root(cfg, uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         )
     except Exception:  # another process created it first
         experiment = client.get_experiment_by_name(cfg.experiment)
