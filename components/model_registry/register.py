@@ -234,16 +234,15 @@ def log_pyfunc(client: MlflowClient, run_id: str, registration: Registration) ->
         raise
 
 
-def register(client: MlflowClient, registration: Registration, run_id: str) -> RegistrationResult:
-    """Register the prepared model (see the module docstring): the existing version for a known model folder, else a
-    new version with its tags and the ``challenger`` alias, or nothing at all."""
+def register(client: MlflowClient, registration: Registration, run_id: str, existing: int | None) -> RegistrationResult:
+    """Register the prepared model (see the module docstring): ``existing``, the version that already holds the
+    folder's digest (``find_version``), moving nothing; else a new version with its tags and the ``challenger``
+    alias, or nothing at all."""
     name = registration.cfg.name
-    check_registry(client)
-    ensure_registered_model(client, name)
-    existing = find_version(client, name, registration.digest)
     if existing is not None:
         logger.info("%s: model folder %s is version %d already", name, registration.model_dir, existing)
         return RegistrationResult(name, existing, created=False)
+    ensure_registered_model(client, name)
     logged = log_pyfunc(client, run_id, registration)
     created = client.create_model_version(
         name,
@@ -272,7 +271,8 @@ def register_all(
     one (``ModelLoadError``) registers none of them; a folder registered before (same digest) was loaded then, so a
     repeated run loads no model and creates nothing."""
     check_registry(client)
-    for registration in registrations.values():
-        if find_version(client, registration.cfg.name, registration.digest) is None:
+    existing = {key: find_version(client, r.cfg.name, r.digest) for key, r in registrations.items()}
+    for key, registration in registrations.items():
+        if existing[key] is None:
             check_model_folder(registration.model_dir)
-    return {key: register(client, registration, run_id) for key, registration in registrations.items()}
+    return {key: register(client, r, run_id, existing[key]) for key, r in registrations.items()}

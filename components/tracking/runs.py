@@ -45,15 +45,17 @@ SERVER_CHECK_TIMEOUT_S = 5.0  # for a tracking server's health endpoint
 
 
 def local_store_uri(cfg: TrackingConfig) -> str:
-    """The repo-local SQLite store (``<store_dir>/mlflow.db``), its folder created."""
-    store = Path(cfg.store_dir).resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+    """The repo-local SQLite store: ``<store_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(cfg.store_dir).resolve() / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the repo-local SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or local_store_uri(cfg)
+    """``MLFLOW_TRACKING_URI`` when set, else the repo-local SQLite store (its folder created)."""
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env_uri:
+        return env_uri
+    Path(cfg.store_dir).resolve().mkdir(parents=True, exist_ok=True)
+    return local_store_uri(cfg)
 
 
 def _artifact_root(cfg: TrackingConfig, uri: str) -> str | None:
