@@ -1,5 +1,6 @@
 """Orchestration overhead: the pipeline on the default profile by `dvc repro` alone and through a Prefect deployment
-on the local stack (`make up`), in one run, each from its own clean clone of the committed HEAD.
+on the local stack (`make up`), in one run, each from its own clean clone of the committed HEAD (one commit for
+both, read at the start).
 
     python benchmarks/bench_orchestration.py          # records results/orchestration.json
     python benchmarks/bench_orchestration.py --keep   # keeps the clones (the dvc repro one holds a fresh dvc.lock)
@@ -63,9 +64,9 @@ def timed(argv: list[str], repo: Path, env: dict[str, str], log: Path) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def bench_dvc(workdir: Path) -> dict[str, Any]:
-    """`dvc repro` from a clean clone, then no-op `dvc repro`s."""
-    repo, commit = clone("HEAD", workdir / "dvc")
+def bench_dvc(workdir: Path, ref: str) -> dict[str, Any]:
+    """`dvc repro` from a clean clone of ``ref``, then no-op `dvc repro`s."""
+    repo, commit = clone(ref, workdir / "dvc")
     env = environment(repo)
     load = os.getloadavg()[0]
     full = timed([str(BIN / "dvc"), "repro"], repo, env, workdir / "dvc_repro.log")
@@ -119,9 +120,9 @@ def breakdown(client: Any, flow_run_id: Any, created: Any) -> dict[str, Any]:
     }
 
 
-def bench_deployment(workdir: Path) -> dict[str, Any]:
-    """The default deployment on the local stack from a clean clone, then no-op runs of it."""
-    repo, commit = clone("HEAD", workdir / "prefect")
+def bench_deployment(workdir: Path, ref: str) -> dict[str, Any]:
+    """The default deployment on the local stack from a clean clone of ``ref``, then no-op runs of it."""
+    repo, commit = clone(ref, workdir / "prefect")
     env = environment(repo)
     up = stack(repo, env, "up", "--prefect-port", "0", "--mlflow-port", "0")
     try:
@@ -165,7 +166,9 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; leave results/ as it is")
     args = parser.parse_args()
     with scratch("memforge-orchestration-", keep=args.keep) as workdir:
-        result = summary(bench_dvc(workdir), bench_deployment(workdir))
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        ref = head.stdout.strip()  # both parts run this commit, whatever is committed meanwhile
+        result = summary(bench_dvc(workdir, ref), bench_deployment(workdir, ref))
     if not args.no_record:
         RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
